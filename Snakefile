@@ -1,0 +1,24 @@
+# The residual stream as a dynamical system: record activations of Hugging Face transformers layer
+# by layer, analyse them, and reproduce the figures of "Transformer Dynamics" in one report.
+# This file only wires: config, validation, the rule files, and the final targets.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/datasets.smk"
+include: "workflow/rules/extraction.smk"
+include: "workflow/rules/statistics.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        rules.report.output.html,
+    default_target: True

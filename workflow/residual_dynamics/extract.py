@@ -1,0 +1,398 @@
+"""Recording the residual stream of a model over a dataset into an activation store.
+
+Order of work, chosen for throughput with bounded memory:
+- texts are tokenised up front (cheap), and the rows to record are laid out (one per text for
+  ``last``; several for ``all`` or a list of positions);
+- texts are processed in blocks that fill whole store chunks; inside a block they are sorted by
+  length so batches carry little padding, and the block is written once, in dataset order;
+- hooks gather only the recorded positions, on the device, so (batch, seq, d) tensors are never
+  copied out.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import datasets as ds
+from .hooks import ResidualRecorder, architecture_for
+from .store import chunk_rows_for, create_store, finalise, temporary_path
+
+log = logging.getLogger(__name__)
+
+
+class ExtractionError(ValueError):
+    """Bad input to an extraction; the message says what and how to fix it."""
+
+
+@dataclass
+class Tokenised:
+    ids: list[list[int]]
+    n_original: list[int]  # length before truncation
+    truncated: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+
+def resolve_add_bos(tokenizer, add_bos: str | bool) -> bool:
+    """Whether to prepend BOS ourselves: 'auto' does so when the tokenizer does not add a special
+    token at the start but has a BOS token (GPT-2's <|endoftext|>, as the paper's setup needs)."""
+    if isinstance(add_bos, bool):
+        return add_bos
+    if tokenizer.bos_token_id is None:
+        return False
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return not (probe and probe[0] in set(tokenizer.all_special_ids))
+
+
+def tokenise(
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    add_bos: bool,
+    max_tokens: int,
+    on_overflow: str,
+    dataset: str,
+) -> Tokenised:
+    """Token ids per text, BOS first where asked, cut to ``max_tokens`` or refused."""
+    ids: list[list[int]] = []
+    n_original: list[int] = []
+    for index, text in enumerate(texts):
+        seq = list(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
+        if add_bos and (not seq or seq[0] != tokenizer.bos_token_id):
+            seq = [tokenizer.bos_token_id, *seq]
+        n_original.append(len(seq))
+        if len(seq) > max_tokens:
+            if on_overflow == "error":
+                raise ExtractionError(
+                    f"dataset '{dataset}': text {index} has {len(seq)} tokens, more than the "
+                    f"model's window of {max_tokens}. Set extraction.on_overflow: truncate, lower "
+                    f"datasets.{dataset}.max_chars, or set extraction.max_tokens"
+                )
+            # Keep the start (BOS and the text's beginning) and the closing special token if any,
+            # so encoder models still see [SEP].
+            last = seq[-1]
+            seq = seq[:max_tokens]
+            if last in set(tokenizer.all_special_ids):
+                seq[-1] = last
+        if len(seq) == 0:
+            raise ExtractionError(
+                f"dataset '{dataset}': text {index} tokenises to nothing; remove it or raise "
+                f"datasets.{dataset}.min_chars"
+            )
+        ids.append(seq)
+    truncated = np.array([n > len(s) for n, s in zip(n_original, ids, strict=True)], dtype=bool)
+    if truncated.any():
+        log.warning(
+            "dataset '%s': %d of %d texts were longer than %d tokens and were truncated "
+            "(extraction.on_overflow: truncate); the store's 'truncated' array marks them",
+            dataset,
+            int(truncated.sum()),
+            len(ids),
+            max_tokens,
+        )
+    return Tokenised(ids, n_original, truncated)
+
+
+def shuffle_tokens(tokenizer, ids: list[list[int]], seeds: Sequence[int]) -> list[list[int]]:
+    """The paper's token-shuffled control: non-special tokens permuted, BOS/CLS/SEP in place."""
+    special = set(tokenizer.all_special_ids)
+    return [
+        ds.shuffle_token_ids(seq, [t in special for t in seq], int(seed))
+        for seq, seed in zip(ids, seeds, strict=True)
+    ]
+
+
+def resolve_positions(positions, n_tokens: int) -> list[int]:
+    """Token positions to record for one text: 'last', 'all', or a list (negative from the end).
+    Positions outside the text are skipped."""
+    if positions == "last":
+        return [n_tokens - 1]
+    if positions == "all":
+        return list(range(n_tokens))
+    out = []
+    for p in positions:
+        q = p if p >= 0 else n_tokens + p
+        if 0 <= q < n_tokens and q not in out:
+            out.append(q)
+    return out
+
+
+def shard_bounds(n_texts: int, n_shards: int, shard: int, align: int) -> tuple[int, int]:
+    """Text range of one shard; boundaries are multiples of ``align`` so shard stores join by
+    linking whole chunks."""
+    if not 0 <= shard < n_shards:
+        raise ExtractionError(f"shard {shard} is outside 0..{n_shards - 1}")
+    per = -(-n_texts // n_shards)
+    per = -(-per // align) * align
+    return min(n_texts, shard * per), min(n_texts, (shard + 1) * per)
+
+
+def _batches(order: Sequence[int], lengths: Sequence[int], batch_size: int, max_batch_tokens: int):
+    """Split texts (already sorted by length, longest first) into batches bounded in count and
+    in padded tokens."""
+    batch: list[int] = []
+    for index in order:
+        longest = lengths[batch[0]] if batch else lengths[index]
+        if batch and (len(batch) >= batch_size or longest * (len(batch) + 1) > max_batch_tokens):
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
+class Extractor:
+    """Runs a model over token sequences and returns the residual stream at chosen positions."""
+
+    def __init__(self, model, pad_id: int, padding_side: str = "right", include_final: bool = True):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.pad_id = pad_id
+        self.padding_side = padding_side
+        self.recorder = ResidualRecorder(model, include_final=include_final)
+        self.sublayers = self.recorder.names
+        accepted = inspect.signature(model.forward).parameters
+        self._pass_positions = "position_ids" in accepted
+
+    @torch.inference_mode()
+    def run_batch(self, seqs: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]):
+        """(rows, n_sublayers, d) float32 for each (sequence, position) pair, in order."""
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        batch_index, token_index = [], []
+        for i, (seq, pos) in enumerate(zip(seqs, positions, strict=True)):
+            offset = width - len(seq) if self.padding_side == "left" else 0
+            ids[i, offset : offset + len(seq)] = torch.as_tensor(seq)
+            mask[i, offset : offset + len(seq)] = 1
+            batch_index += [i] * len(pos)
+            token_index += [offset + p for p in pos]
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        rows_b = torch.as_tensor(batch_index, device=self.device)
+        rows_t = torch.as_tensor(token_index, device=self.device)
+        kwargs = {"input_ids": ids, "attention_mask": mask}
+        if self._pass_positions:
+            # Positions count real tokens only, so left padding does not shift them.
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        with self.recorder:
+            self.recorder.set_selector(lambda h: h[rows_b, rows_t].float())
+            self.model(**kwargs, use_cache=False)
+            return self.recorder.take()
+
+
+def extract_to_store(
+    extractor: Extractor,
+    seqs: list[list[int]],
+    row_meta: dict[str, np.ndarray],
+    positions,
+    out_path: Path,
+    *,
+    attrs: dict,
+    store_dtype: str = "float32",
+    chunk_rows: int | None = None,
+    chunk_mib: float = 4.0,
+    batch_size: int = 32,
+    max_batch_tokens: int = 16384,
+    progress: bool = True,
+) -> Path:
+    """Record ``seqs`` into a store at ``out_path`` (built at a temporary path, then renamed).
+
+    ``row_meta`` holds per-text arrays (``text_id``, ``text_index``, ``truncated``) copied onto
+    every row recorded from that text.
+    """
+    d_model = extractor.model.config.hidden_size
+    per_text = [resolve_positions(positions, len(s)) for s in seqs]
+    n_rows = sum(len(p) for p in per_text)
+    if n_rows == 0:
+        raise ExtractionError(f"no rows to record for {out_path.name}: the dataset is empty")
+    itemsize = np.dtype(store_dtype).itemsize
+    chunk_rows = chunk_rows or chunk_rows_for(d_model, itemsize, chunk_mib, n_rows)
+    tmp = temporary_path(out_path)
+    group = create_store(
+        tmp, n_rows, extractor.sublayers, d_model, store_dtype, chunk_rows, attrs
+    )
+    resid = group["resid"]
+    row_start = np.concatenate([[0], np.cumsum([len(p) for p in per_text])])
+    lengths = [len(s) for s in seqs]
+
+    # Metadata rows first: small, and written whole.
+    text_of_row = np.repeat(np.arange(len(seqs)), [len(p) for p in per_text])
+    group["token_position"][:] = np.concatenate([np.asarray(p, np.int32) for p in per_text])
+    group["n_tokens"][:] = np.asarray(lengths, np.int32)[text_of_row]
+    group["token_id"][:] = np.asarray(
+        [seqs[t][p] for t, ps in enumerate(per_text) for p in ps], np.int64
+    )
+    for name, values in row_meta.items():
+        group[name][:] = np.asarray(values)[text_of_row]
+
+    bar = tqdm(
+        total=len(seqs),
+        desc=f"extract {out_path.name}",
+        unit="text",
+        file=sys.stderr,
+        mininterval=0.5 if sys.stderr.isatty() else 10,
+        disable=not progress,
+    )
+    text = 0
+    while text < len(seqs):
+        # A block of texts whose rows end on a chunk boundary (or at the end).
+        block_end = text
+        while block_end < len(seqs) and (
+            row_start[block_end + 1] - row_start[text] <= chunk_rows or block_end == text
+        ):
+            block_end += 1
+        block = np.arange(text, block_end)
+        order = sorted(block, key=lambda i: (-lengths[i], i))
+        buffer = np.empty(
+            (row_start[block_end] - row_start[text], len(extractor.sublayers), d_model), np.float32
+        )
+        for batch in _batches(order, lengths, batch_size, max_batch_tokens):
+            rows = extractor.run_batch([seqs[i] for i in batch], [per_text[i] for i in batch])
+            rows = rows.cpu().numpy()
+            cursor = 0
+            for i in batch:
+                k = len(per_text[i])
+                start = row_start[i] - row_start[text]
+                buffer[start : start + k] = rows[cursor : cursor + k]
+                cursor += k
+            bar.update(len(batch))
+        if not np.isfinite(buffer).all():
+            log.warning(
+                "non-finite values in rows %d..%d of %s (overflow in %s?)",
+                row_start[text],
+                row_start[block_end],
+                out_path.name,
+                attrs.get("dtype"),
+            )
+        resid[row_start[text] : row_start[block_end]] = buffer.astype(store_dtype, copy=False)
+        text = block_end
+    bar.close()
+    finalise(tmp, out_path)
+    return out_path
+
+
+def pad_token_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def architecture_attrs(model) -> dict:
+    arch = architecture_for(model.config)
+    return {
+        "architecture": model.config.model_type,
+        "norm": arch.norm,
+        "architecture_note": arch.note,
+        "n_layers": int(model.config.num_hidden_layers),
+        "d_model": int(model.config.hidden_size),
+    }
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("residual-dynamics", "torch", "transformers", "zarr", "numpy", "tokenizers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def record_activations(
+    *,
+    model_name: str,
+    model_spec: dict,
+    dataset_name: str,
+    dataset_path: Path,
+    out_path: Path,
+    extraction: dict,
+    shard: int = 0,
+    n_shards: int = 1,
+    progress: bool = True,
+) -> Path:
+    """Everything the extract rule does: dataset + model spec in, one (shard) store out."""
+    from .models import context_window, load_model
+
+    frame, meta = ds.read_dataset(dataset_path)
+    if len(frame) == 0:
+        raise ExtractionError(f"dataset '{dataset_name}' ({dataset_path}) has no texts")
+    loaded = load_model(model_name, model_spec, device=extraction["device"])
+    tokenizer, model = loaded.tokenizer, loaded.model
+    window = context_window(model, tokenizer)
+    max_tokens = min(extraction.get("max_tokens") or window, window)
+    add_bos = resolve_add_bos(tokenizer, model_spec.get("add_bos", "auto"))
+    positions = extraction["positions"]
+    store_dtype = extraction["store_dtype"]
+    d_model = int(model.config.hidden_size)
+    # Chunking is fixed by the whole dataset, so every shard's chunks line up.
+    chunk_rows = chunk_rows_for(
+        d_model, np.dtype(store_dtype).itemsize, extraction["chunk_mib"],
+        len(frame) if positions == "last" else 10**9,
+    )
+    start, stop = shard_bounds(len(frame), n_shards, shard, chunk_rows if positions == "last" else 1)
+    part = frame.iloc[start:stop]
+    tokens = tokenise(
+        tokenizer,
+        part["text"].tolist(),
+        add_bos=add_bos,
+        max_tokens=max_tokens,
+        on_overflow=extraction["on_overflow"],
+        dataset=dataset_name,
+    )
+    seqs = tokens.ids
+    shuffled = bool(part["shuffle_tokens"].any()) if len(part) else False
+    if shuffled:
+        seqs = shuffle_tokens(tokenizer, seqs, part["shuffle_seed"].tolist())
+    extractor = Extractor(
+        model,
+        pad_id=pad_token_id(tokenizer),
+        padding_side=extraction["padding_side"],
+        include_final=extraction["include_final"],
+    )
+    attrs = {
+        "model": model_name,
+        "model_source": loaded.source,
+        "model_revision": loaded.revision,
+        "dtype": model_spec.get("dtype", "float32"),
+        "positions": positions if isinstance(positions, str) else list(positions),
+        "dataset": dataset_name,
+        "dataset_hash": meta.get("texts_hash"),
+        "shuffle_tokens": shuffled,
+        "n_texts": len(part),
+        "shard": shard,
+        "n_shards": n_shards,
+        "text_range": [start, stop],
+        "add_bos": add_bos,
+        "max_tokens": max_tokens,
+        "seed": int(meta.get("seed", 0)),
+        "versions": package_versions(),
+        **architecture_attrs(model),
+    }
+    row_meta = {
+        "text_id": part["text_id"].to_numpy(np.int64),
+        "text_index": np.arange(start, stop, dtype=np.int64),
+        "truncated": tokens.truncated,
+    }
+    return extract_to_store(
+        extractor,
+        seqs,
+        row_meta,
+        positions,
+        Path(out_path),
+        attrs=attrs,
+        store_dtype=store_dtype,
+        chunk_rows=chunk_rows,
+        batch_size=extraction["batch_size"],
+        max_batch_tokens=extraction["max_batch_tokens"],
+        progress=progress,
+    )

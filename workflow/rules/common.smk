@@ -1,0 +1,48 @@
+# Helpers shared by the rules: the validated config and input functions. No rules here.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+
+from residual_dynamics.config import ConfigError, recordings, validate_config
+
+try:
+    # Every key checked, every default filled, before any job starts.
+    config = validate_config(config, base_dir=Path.cwd())
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+RECORDINGS = recordings(config)
+RESULTS = "results"
+
+
+wildcard_constraints:
+    model="[A-Za-z0-9][A-Za-z0-9_-]*",
+    dataset="[A-Za-z0-9][A-Za-z0-9_-]*",
+    shard="[0-9]+",
+
+
+def dataset_spec(wildcards):
+    return config["datasets"][wildcards.dataset]
+
+
+def model_spec(wildcards):
+    return config["models"][wildcards.model]
+
+
+def parent_dataset(wildcards):
+    """A variant's texts come from its parent's prepared file."""
+    parent = config["datasets"][wildcards.dataset].get("variant_of")
+    return [f"{RESULTS}/data/{parent}.parquet"] if parent else []
+
+
+def shard_stores(wildcards):
+    n = config["extraction"]["n_shards"]
+    return [
+        f"{RESULTS}/activations/{wildcards.model}/{wildcards.dataset}.shards/{i}.zarr"
+        for i in range(n)
+    ]
+
+
+def per_recording(pattern):
+    return [pattern.format(model=m, dataset=d) for m, d in RECORDINGS]

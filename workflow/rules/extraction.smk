@@ -1,0 +1,40 @@
+rule extract_activations:
+    """One shard of a dataset through one model -> a shard store (a Zarr group)."""
+    input:
+        dataset=rules.prepare_dataset.output.parquet,
+    output:
+        store=temp(
+            directory(f"{RESULTS}/activations/{{model}}/{{dataset}}.shards/{{shard}}.zarr")
+        ),
+    params:
+        spec=model_spec,
+        extraction=config["extraction"],
+        n_shards=config["extraction"]["n_shards"],
+    log:
+        f"{RESULTS}/logs/extract_activations/{{model}}/{{dataset}}/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extract_activations/{{model}}--{{dataset}}--{{shard}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/extract_activations.py"
+
+
+rule merge_shards:
+    """Shard stores -> the activation store of the contract (chunk files hard-linked)."""
+    input:
+        shards=shard_stores,
+    output:
+        store=directory(f"{RESULTS}/activations/{{model}}/{{dataset}}.zarr"),
+    log:
+        f"{RESULTS}/logs/merge_shards/{{model}}/{{dataset}}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/merge_shards.py"

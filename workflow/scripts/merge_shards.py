@@ -1,0 +1,9 @@
+"""Rule merge_shards: shard stores -> one activation store."""
+
+from pathlib import Path
+
+from residual_dynamics.logs import setup_logging
+from residual_dynamics.store import merge_shards
+
+setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
+merge_shards([Path(p) for p in snakemake.input.shards], Path(snakemake.output.store))  # noqa: F821
