@@ -75,7 +75,7 @@ def _describe(error, root: dict) -> str:
             full = f"{key}.{name}" if key != "(top level)" else name
             hints.append(f"'{full}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
         return f"unknown key {', '.join(hints)}; allowed here: {', '.join(allowed)}"
-    if error.validator == "propertyNames":
+    if error.validator == "propertyNames" or "propertyNames" in error.schema_path:
         return (
             f"{key}: name '{error.instance}' is not allowed: names are used in file paths and "
             "may hold only letters, digits, '_' and '-', starting with a letter or digit"

@@ -141,6 +141,7 @@ def load_model(
     projection, which for Llama 3.1 8B is 0.5 G parameters.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     location, revision, source = model_location(name, spec)
     trust = spec.get("trust_remote_code", False)
@@ -153,6 +154,10 @@ def load_model(
     dtype = DTYPES[spec.get("dtype", "float32")]
     torch_device = resolve_device(device)
     auto = AutoModelForCausalLM if with_head else AutoModel
+    # The base model loaded from a *ForCausalLM checkpoint reports the unused LM head as
+    # "UNEXPECTED"; that is by design here, so keep the log to warnings that matter.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         if spec.get("init", "pretrained") == "random":
             config = AutoConfig.from_pretrained(location, revision=revision, trust_remote_code=trust)
@@ -168,6 +173,8 @@ def load_model(
         raise
     except Exception as error:
         raise _explain(name, location, error) from error
+    finally:
+        hf_logging.set_verbosity(verbosity)
     tokenizer = load_tokenizer(name, spec)
     model.to(torch_device).eval()
     log.info("loaded %s (%s, %s) on %s", name, source, spec.get("dtype", "float32"), torch_device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import dask
@@ -64,7 +65,9 @@ def write_dataset_atomic(data: xr.Dataset, path: Path | str) -> None:
     tmp = path.with_name(path.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    data.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        data.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)

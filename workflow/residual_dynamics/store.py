@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -118,7 +119,10 @@ def create_store(
 
 def finalise(tmp_path: Path, final_path: Path) -> None:
     """Move a fully written store into place; an old store at final_path is replaced."""
-    zarr.consolidate_metadata(str(tmp_path), zarr_format=3)
+    with warnings.catch_warnings():
+        # Consolidated metadata is a zarr-python extension to v3; xarray reads it for speed.
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(str(tmp_path), zarr_format=3)
     if final_path.exists():
         shutil.rmtree(final_path)
     os.replace(tmp_path, final_path)

