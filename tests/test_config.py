@@ -197,3 +197,9 @@ def test_valid_extraction_settings_pass(batch, shards, chunk, positions):
     }
     filled = validate_config(config, REPO)
     assert filled["extraction"]["n_shards"] == shards
+
+
+def test_config_readme_is_generated_from_the_schema():
+    from residual_dynamics.config_doc import README, render
+
+    assert README.read_text() == render(), "run: python -m residual_dynamics.config_doc"

@@ -6,10 +6,10 @@ import logging
 
 import pytest
 import torch
-from tiny_models import save_tiny_model
 
 from residual_dynamics import models
 from residual_dynamics.models import ModelLoadError, load_model
+from tiny_models import save_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from tiny_models import WORDS, save_tiny_model
 
 from residual_dynamics.store import open_store
+from tiny_models import WORDS, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
@@ -60,7 +60,10 @@ def tiny_run(tmp_path_factory):
             "texts_shuffled": {"variant_of": "texts", "shuffle_tokens": True},
         },
         "runs": [
-            {"models": ["tiny_llama", "tiny_llama_untrained"], "datasets": ["texts", "texts_shuffled"]},
+            {
+                "models": ["tiny_llama", "tiny_llama_untrained"],
+                "datasets": ["texts", "texts_shuffled"],
+            },
             {"models": ["minilm"], "datasets": ["texts"]},
         ],
         # Tiny chunks so that the 2 shards hold several chunks each and are linked, not copied.
@@ -151,7 +154,10 @@ def test_report_archive_builds(tiny_run):
 
 def test_lint_is_clean():
     result = subprocess.run(
-        [*SNAKEMAKE, "--lint", "--directory", str(REPO)], capture_output=True, text=True, timeout=300
+        [*SNAKEMAKE, "--lint", "--directory", str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations" in result.stdout + result.stderr
@@ -159,7 +165,14 @@ def test_lint_is_clean():
 
 def test_default_config_dry_run_lists_the_whole_dag(tmp_path):
     result = subprocess.run(
-        [*SNAKEMAKE, "--dry-run", "--directory", str(tmp_path), "--configfile", str(REPO / "config" / "config.yaml")],
+        [
+            *SNAKEMAKE,
+            "--dry-run",
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(REPO / "config" / "config.yaml"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

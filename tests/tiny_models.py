@@ -99,7 +99,9 @@ def make_config(family: str, vocab_size: int, n_layers: int = 2):
             **common,
         )
     if family == "gpt2":
-        return GPT2Config(n_embd=32, n_head=4, n_positions=64, n_layer=n_layers, vocab_size=vocab_size)
+        return GPT2Config(
+            n_embd=32, n_head=4, n_positions=64, n_layer=n_layers, vocab_size=vocab_size
+        )
     if family == "bert":
         return BertConfig(
             hidden_size=32,

@@ -215,9 +215,7 @@ def extract_to_store(
     itemsize = np.dtype(store_dtype).itemsize
     chunk_rows = chunk_rows or chunk_rows_for(d_model, itemsize, chunk_mib, n_rows)
     tmp = temporary_path(out_path)
-    group = create_store(
-        tmp, n_rows, extractor.sublayers, d_model, store_dtype, chunk_rows, attrs
-    )
+    group = create_store(tmp, n_rows, extractor.sublayers, d_model, store_dtype, chunk_rows, attrs)
     resid = group["resid"]
     row_start = np.concatenate([[0], np.cumsum([len(p) for p in per_text])])
     lengths = [len(s) for s in seqs]
@@ -336,10 +334,14 @@ def record_activations(
     d_model = int(model.config.hidden_size)
     # Chunking is fixed by the whole dataset, so every shard's chunks line up.
     chunk_rows = chunk_rows_for(
-        d_model, np.dtype(store_dtype).itemsize, extraction["chunk_mib"],
+        d_model,
+        np.dtype(store_dtype).itemsize,
+        extraction["chunk_mib"],
         len(frame) if positions == "last" else 10**9,
     )
-    start, stop = shard_bounds(len(frame), n_shards, shard, chunk_rows if positions == "last" else 1)
+    start, stop = shard_bounds(
+        len(frame), n_shards, shard, chunk_rows if positions == "last" else 1
+    )
     part = frame.iloc[start:stop]
     tokens = tokenise(
         tokenizer,

@@ -56,7 +56,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     # Gemma 2/3 normalise the attention output before adding it back; the pre-MLP residual
     # stream is the input of pre_feedforward_layernorm, not of post_attention_layernorm.
     "gemma2": Architecture(layers="layers", mid="pre_feedforward_layernorm", final_norm="norm"),
-    "gemma3_text": Architecture(layers="layers", mid="pre_feedforward_layernorm", final_norm="norm"),
+    "gemma3_text": Architecture(
+        layers="layers", mid="pre_feedforward_layernorm", final_norm="norm"
+    ),
     "gpt2": Architecture(layers="h", mid="ln_2", final_norm="ln_f"),
     # BERT is post-norm: the layer input, and the attention block's output after its LayerNorm
     # (the input of `intermediate`). Both are already normalised.
@@ -84,7 +86,9 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 # GPT-NeoX can be configured sequential (use_parallel_residual=False): then ln_2's input is the
 # pre-MLP residual stream, as in GPT-2.
-_GPT_NEOX_SEQUENTIAL = Architecture(layers="layers", mid="post_attention_layernorm", final_norm="final_layer_norm")
+_GPT_NEOX_SEQUENTIAL = Architecture(
+    layers="layers", mid="post_attention_layernorm", final_norm="final_layer_norm"
+)
 
 
 def architecture_for(config) -> Architecture:

@@ -132,9 +132,7 @@ def load_tokenizer(name: str, spec: dict):
         raise _explain(name, location, error) from error
 
 
-def load_model(
-    name: str, spec: dict, device: str = "auto", with_head: bool = False
-) -> LoadedModel:
+def load_model(name: str, spec: dict, device: str = "auto", with_head: bool = False) -> LoadedModel:
     """Load model ``name`` from its spec, in eval mode on the chosen device.
 
     ``with_head=False`` loads the base model (no LM head): extraction never needs the vocabulary
@@ -160,11 +158,13 @@ def load_model(
     hf_logging.set_verbosity_error()
     try:
         if spec.get("init", "pretrained") == "random":
-            config = AutoConfig.from_pretrained(location, revision=revision, trust_remote_code=trust)
+            config = AutoConfig.from_pretrained(
+                location, revision=revision, trust_remote_code=trust
+            )
             # An untrained twin: same architecture, weights drawn by the model's own initialiser.
             torch.manual_seed(spec.get("init_seed", 0))
             model = auto.from_config(config, dtype=dtype, trust_remote_code=trust)
-            source += " (random init, seed %d)" % spec.get("init_seed", 0)
+            source += f" (random init, seed {spec.get('init_seed', 0)})"
         else:
             model = auto.from_pretrained(
                 location, revision=revision, dtype=dtype, trust_remote_code=trust

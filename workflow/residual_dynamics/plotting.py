@@ -50,6 +50,8 @@ def mean_activation_heatmap(means: xr.Dataset, clip: float = 1.0):
     ax.set_xlabel(f"unit (sorted by mean at {names[-1]})")
     ax.set_ylabel("sublayer")
     title = f"{means.attrs.get('model')} on {means.attrs.get('dataset')}"
-    ax.set_title(f"Mean activation per unit, N = {means.attrs.get('n_samples')}\n{title}", fontsize=10)
+    ax.set_title(
+        f"Mean activation per unit, N = {means.attrs.get('n_samples')}\n{title}", fontsize=10
+    )
     fig.colorbar(image, ax=ax, label=f"mean activation (clipped to ±{clip:g})", fraction=0.04)
     return fig

@@ -98,7 +98,11 @@ def render(
             section.model,
             f"{html.escape(str(attrs.get('model_source')))} · {attrs.get('architecture')} · "
             f"{attrs.get('n_layers')} layers · d = {attrs.get('d_model')} · {attrs.get('dtype')}"
-            + (f" · <b>{html.escape(attrs['architecture_note'])}</b>" if attrs.get("architecture_note") else ""),
+            + (
+                f" · <b>{html.escape(attrs['architecture_note'])}</b>"
+                if attrs.get("architecture_note")
+                else ""
+            ),
         )
         versions = attrs.get("versions", versions)
         section.notes.insert(
@@ -114,13 +118,20 @@ def render(
                 "LayerNorm, so magnitudes are normalised and not comparable to the paper's pre-norm "
                 "residual stream; correlations and shapes are."
             )
-    run_rows.append(("models", "<br>".join(f"<b>{html.escape(k)}</b>: {v}" for k, v in models_seen.items())))
+    run_rows.append(
+        ("models", "<br>".join(f"<b>{html.escape(k)}</b>: {v}" for k, v in models_seen.items()))
+    )
     datasets = sorted({s.dataset for s in sections})
     run_rows.append(("datasets", ", ".join(html.escape(d) for d in datasets)))
     run_rows.append(
-        ("software", ", ".join(f"{html.escape(k)} {html.escape(str(v))}" for k, v in versions.items()))
+        (
+            "software",
+            ", ".join(f"{html.escape(k)} {html.escape(str(v))}" for k, v in versions.items()),
+        )
     )
-    run_rows.append(("python / platform", html.escape(f"{platform.python_version()} · {platform.platform()}")))
+    run_rows.append(
+        ("python / platform", html.escape(f"{platform.python_version()} · {platform.platform()}"))
+    )
     run_rows.append(("written", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")))
 
     parts = [
@@ -129,7 +140,12 @@ def render(
         f"<h1>{html.escape(title)}</h1>",
         "<p class='muted'>Reproduces, figure by figure, Fernando &amp; Guitchounts (2025), "
         "<i>Transformer Dynamics: a neuroscientific approach to interpretability of LLMs</i>.</p>",
-        "<nav>" + "".join(f"<a href='#{s.anchor}'>{html.escape(s.model)} · {html.escape(s.dataset)}</a>" for s in sections) + "</nav>",
+        "<nav>"
+        + "".join(
+            f"<a href='#{s.anchor}'>{html.escape(s.model)} · {html.escape(s.dataset)}</a>"
+            for s in sections
+        )
+        + "</nav>",
         "<h2 id='run'>What was run</h2>",
         _table(run_rows),
         "<details><summary>time taken per step</summary>",

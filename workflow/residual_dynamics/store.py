@@ -186,7 +186,9 @@ def merge_shards(shard_paths: Sequence[Path], final_path: Path) -> None:
             group[name][offset : offset + size] = shard[name][:]
         offset += size
     finalise(tmp, Path(final_path))
-    log.info("merged %d shards into %s (%s)", len(shards), final_path, "linked" if aligned else "copied")
+    log.info(
+        "merged %d shards into %s (%s)", len(shards), final_path, "linked" if aligned else "copied"
+    )
 
 
 def _link_chunks(src_array: Path, dst_array: Path, row_chunk_offset: int) -> None:

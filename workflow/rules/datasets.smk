@@ -4,14 +4,14 @@ rule prepare_dataset:
         parent=parent_dataset,
     output:
         parquet=f"{RESULTS}/data/{{dataset}}.parquet",
-    params:
-        spec=dataset_spec,
     log:
         f"{RESULTS}/logs/prepare_dataset/{{dataset}}.log",
+    conda:
+        "../../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../../envs/analysis.yaml"
+    params:
+        spec=dataset_spec,
     script:
         "../scripts/prepare_dataset.py"

@@ -4,21 +4,23 @@ rule extract_activations:
         dataset=rules.prepare_dataset.output.parquet,
     output:
         store=temp(
-            directory(f"{RESULTS}/activations/{{model}}/{{dataset}}.shards/{{shard}}.zarr")
+            directory(
+                f"{RESULTS}/activations/{{model}}/{{dataset}}.shards/{{shard}}.zarr"
+            )
         ),
-    params:
-        spec=model_spec,
-        extraction=config["extraction"],
-        n_shards=config["extraction"]["n_shards"],
     log:
         f"{RESULTS}/logs/extract_activations/{{model}}/{{dataset}}/{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/extract_activations/{{model}}--{{dataset}}--{{shard}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        spec=model_spec,
+        extraction=config["extraction"],
+        n_shards=config["extraction"]["n_shards"],
     script:
         "../scripts/extract_activations.py"
 
@@ -31,10 +33,10 @@ rule merge_shards:
         store=directory(f"{RESULTS}/activations/{{model}}/{{dataset}}.zarr"),
     log:
         f"{RESULTS}/logs/merge_shards/{{model}}/{{dataset}}.log",
+    conda:
+        "../../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../../envs/analysis.yaml"
     script:
         "../scripts/merge_shards.py"

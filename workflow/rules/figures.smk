@@ -11,14 +11,14 @@ rule figure_mean_activation:
             labels={"model": "{model}", "dataset": "{dataset}", "panel": "1B"},
         ),
         svg=f"{RESULTS}/figures/{{model}}/{{dataset}}/fig1b_mean_activation.svg",
-    params:
-        dpi=config["figures"]["dpi"],
     log:
         f"{RESULTS}/logs/figure_mean_activation/{{model}}/{{dataset}}.log",
+    conda:
+        "../../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../../envs/analysis.yaml"
+    params:
+        dpi=config["figures"]["dpi"],
     script:
         "../scripts/figure_mean_activation.py"

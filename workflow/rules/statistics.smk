@@ -4,16 +4,16 @@ rule unit_means:
         store=rules.merge_shards.output.store,
     output:
         means=directory(f"{RESULTS}/statistics/{{model}}/{{dataset}}/unit_means.zarr"),
-    params:
-        sublayers=config["analysis"]["sublayers"],
     log:
         f"{RESULTS}/logs/unit_means/{{model}}/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/unit_means/{{model}}--{{dataset}}.tsv"
+    conda:
+        "../../envs/analysis.yaml"
     threads: 2
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/analysis.yaml"
+    params:
+        sublayers=config["analysis"]["sublayers"],
     script:
         "../scripts/unit_means.py"

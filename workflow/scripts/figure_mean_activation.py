@@ -5,10 +5,10 @@ import xarray as xr
 from residual_dynamics.logs import setup_logging
 from residual_dynamics.plotting import mean_activation_heatmap, save
 
-setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
-means = xr.open_zarr(snakemake.input.means).load()  # noqa: F821
+setup_logging(snakemake.log[0])
+means = xr.open_zarr(snakemake.input.means).load()
 save(
     mean_activation_heatmap(means),
-    [snakemake.output.png, snakemake.output.svg],  # noqa: F821
-    dpi=snakemake.params.dpi,  # noqa: F821
+    [snakemake.output.png, snakemake.output.svg],
+    dpi=snakemake.params.dpi,
 )

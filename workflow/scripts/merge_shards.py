@@ -5,5 +5,5 @@ from pathlib import Path
 from residual_dynamics.logs import setup_logging
 from residual_dynamics.store import merge_shards
 
-setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
-merge_shards([Path(p) for p in snakemake.input.shards], Path(snakemake.output.store))  # noqa: F821
+setup_logging(snakemake.log[0])
+merge_shards([Path(p) for p in snakemake.input.shards], Path(snakemake.output.store))

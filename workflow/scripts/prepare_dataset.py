@@ -3,14 +3,19 @@
 from residual_dynamics import datasets
 from residual_dynamics.logs import setup_logging
 
-setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
+setup_logging(snakemake.log[0])
 
-name = snakemake.wildcards.dataset  # noqa: F821
-spec = snakemake.params.spec  # noqa: F821
-parent = datasets.read_dataset(snakemake.input.parent[0])[0] if snakemake.input.parent else None  # noqa: F821
+name = snakemake.wildcards.dataset
+spec = snakemake.params.spec
+parent = datasets.read_dataset(snakemake.input.parent[0])[0] if snakemake.input.parent else None
 frame = datasets.prepare_dataset(name, spec, parent=parent)
 datasets.write_dataset(
     frame,
-    snakemake.output.parquet,  # noqa: F821
-    {"dataset": name, "spec": spec, "seed": spec["seed"], "texts_hash": datasets.texts_hash(frame["text"].tolist())},
+    snakemake.output.parquet,
+    {
+        "dataset": name,
+        "spec": spec,
+        "seed": spec["seed"],
+        "texts_hash": datasets.texts_hash(frame["text"].tolist()),
+    },
 )

@@ -7,8 +7,8 @@ import xarray as xr
 from residual_dynamics.logs import setup_logging
 from residual_dynamics.report import Figure, Section, mean_activation_caption, render, write_report
 
-setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
-sm = snakemake  # noqa: F821
+setup_logging(snakemake.log[0])
+sm = snakemake
 sections = []
 for (model, dataset), store, means, fig1b in zip(
     sm.params.recordings, sm.input.stores, sm.input.means, sm.input.fig1b, strict=True
