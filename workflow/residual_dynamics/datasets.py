@@ -94,11 +94,15 @@ def _clean(texts: Sequence[Any], name: str, key: str) -> list[str]:
     return out
 
 
-def _is_code(lines: list[str]) -> bool:
-    if lines[0].lstrip().startswith(">>>"):
-        return True
-    indented = sum(1 for ln in lines if len(ln) - len(ln.lstrip(" ")) >= 3)
-    return 2 * indented > len(lines)
+def _is_prose(text: str, lines: list[str]) -> bool:
+    """Sentences, not code: the manual indents both prose (method descriptions) and code blocks, so
+    indentation cannot tell them apart; grammar, examples and symbol-heavy lines can."""
+    if any(ln.lstrip().startswith((">>>", "...")) for ln in lines) or "::=" in text:
+        return False
+    if not text.endswith((".", "?", "!", ":", ".)", '."')) or len(text.split()) < 8:
+        return False
+    letters = sum(ch.isalpha() or ch.isspace() for ch in text)
+    return letters >= 0.85 * len(text)
 
 
 def pydoc_passages() -> list[str]:
@@ -109,10 +113,8 @@ def pydoc_passages() -> list[str]:
     for key in sorted(topics):
         for para in _BLANK_LINE.split(topics[key].expandtabs()):
             lines = [ln for ln in para.split("\n") if ln.strip() and not _UNDERLINE.match(ln)]
-            if not lines or _is_code(lines):
-                continue
             text = " ".join(" ".join(lines).split())
-            if text:
+            if lines and _is_prose(text, lines):
                 passages.append(text)
     return passages
 
