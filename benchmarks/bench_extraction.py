@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from residual_dynamics.datasets import prepare_dataset
 from residual_dynamics.extract import (
     Extractor,
@@ -136,6 +137,64 @@ def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int], w
     real = sum(lengths[i] for b in batches for i in b)
     padded = sum(len(b) * (width or max(lengths[i] for i in b)) for b in batches)
     return 1.0 - real / padded, padded
+
+
+class _StubExtractor:
+    """Stands in for Extractor: returns zeros of the right shape, so timing extract_to_store with
+    it measures everything but the model (store creation, metadata, host copy, writes, rename)."""
+
+    def __init__(self, extractor: Extractor):
+        self.model = extractor.model
+        self.sublayers = extractor.sublayers
+        self._d = int(extractor.model.config.hidden_size)
+
+    def run_batch(self, seqs, positions):
+        rows = sum(len(p) for p in positions)
+        return torch.zeros((rows, len(self.sublayers), self._d))
+
+
+def probe_overhead(extractor, seqs, row_meta, per_text, batches, args, chunk_rows) -> dict:
+    """Model-free costs of extraction: extract_to_store around a stub, and the hooks' gathers."""
+    stub_path = args.out.parent / "bench_overhead.zarr"
+    stub = _StubExtractor(extractor)
+    stub_times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        extract_to_store(
+            stub,  # type: ignore[arg-type]
+            seqs,
+            row_meta,
+            POSITIONS,
+            stub_path,
+            attrs={"model": "stub"},
+            store_dtype=STORE_DTYPE,
+            chunk_rows=chunk_rows,
+            batch_size=args.batch_size,
+            max_batch_tokens=args.max_batch_tokens,
+            progress=False,
+        )
+        stub_times.append(time.perf_counter() - start)
+    shutil.rmtree(stub_path, ignore_errors=True)
+
+    # The hooks' work per batch: one gather + float() per sublayer on a (batch, width, d) state,
+    # then the stack in take(). Timed on random states of each sorted batch's shape.
+    d_model = int(extractor.model.config.hidden_size)
+    n_points = len(extractor.sublayers)
+    gather = 0.0
+    with torch.inference_mode():
+        for batch in batches:
+            width = max(len(seqs[i]) for i in batch)
+            h = torch.randn(len(batch), width, d_model)
+            rows_b = torch.as_tensor([k for k, i in enumerate(batch) for _ in per_text[i]])
+            rows_t = torch.as_tensor([p for i in batch for p in per_text[i]])
+            start = time.perf_counter()
+            torch.stack([h[rows_b, rows_t].float() for _ in range(n_points)], dim=1).numpy()
+            gather += time.perf_counter() - start
+    return {
+        "extract_stub_times_s": stub_times,
+        "extract_stub_median_s": statistics.median(stub_times),
+        "hook_gather_s": gather,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -247,24 +306,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         "naive_global": run_naive_global,
     }
 
-    # ---- sanity: every variant records the same numbers ----------------------------------
-    for run in runners.values():  # warm-up, untimed
-        run()
+    # ---- warm-up (untimed), which doubles as a check that every variant records the same ----
+    warm = {name: run() for name, run in runners.items()}
     stored = open_store(store_path)["resid"][:]
+    agreement = {}
     for name in ("hooks", "naive_batch", "naive_global"):
-        diff = float(np.abs(runners[name]() - stored).max())
-        if diff > 1e-3:
-            print(f"warning: {name} differs from the store by {diff:.2e}", file=sys.stderr)
+        agreement[name] = float(np.abs(warm[name] - stored).max())
+        if agreement[name] > 1e-3:
+            print(
+                f"warning: {name} differs from the store by {agreement[name]:.2e}", file=sys.stderr
+            )
+    del warm
 
-    # ---- timing, interleaved -------------------------------------------------------------
+    # ---- timing, interleaved; the order rotates each repeat so no variant always goes first ---
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for repeat in range(args.repeats):
-        for name in VARIANTS:
-            start = time.perf_counter()
+        shift = repeat % len(VARIANTS)
+        for name in VARIANTS[shift:] + VARIANTS[:shift]:
+            start, start_cpu = time.perf_counter(), time.process_time()
             runners[name]()
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
         line = ", ".join(f"{n} {times[n][-1]:.2f}s" for n in VARIANTS)
         print(f"repeat {repeat + 1}/{args.repeats}: {line}", file=sys.stderr)
+
+    # ---- where extraction's extra time could go, measured without the model ----------------
+    overhead = probe_overhead(extractor, seqs, row_meta, per_text, sorted_b, args, chunk_rows)
+    overhead["store_path"] = str(store_path)
 
     pad_frac = {
         "sorted": padding_fraction(sorted_b, lengths),
@@ -285,6 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results[name] = {
             "times_s": times[name],
             "median_s": median,
+            "min_s": min(times[name]),
+            "cpu_s": cpu[name],
+            "median_cpu_s": statistics.median(cpu[name]),
             "texts_per_s": n_texts / median,
             "tokens_per_s": n_tokens / median,
             "padding_fraction": frac,
@@ -297,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "extract_vs_naive_batch": results["naive_batch"]["median_s"] / extract,
         "extract_vs_naive_global": results["naive_global"]["median_s"] / extract,
         # Per repeat (paired: run back to back), as a check on the ratio of medians.
+        "extract_vs_bare_min": results["bare"]["min_s"] / results["extract"]["min_s"],
+        "extract_vs_naive_batch_min": results["naive_batch"]["min_s"] / results["extract"]["min_s"],
+        "extract_vs_bare_cpu": results["bare"]["median_cpu_s"] / results["extract"]["median_cpu_s"],
         "extract_vs_bare_per_repeat": [
             b / e for b, e in zip(times["bare"], times["extract"], strict=True)
         ],
@@ -330,6 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "repeats": args.repeats,
         },
         "results": results,
+        "max_abs_diff_vs_store": agreement,
+        "overhead_probe": overhead,
         "ratios": ratios,
         "targets_met": targets,
     }
@@ -359,6 +436,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"extract / {key} throughput: {ratio:.3f} "
             f"(target > 1: {'met' if ratio > 1 else 'NOT met'})"
         )
+    print(
+        f"\nextraction overhead without the model: extract_to_store with a stub extractor "
+        f"{overhead['extract_stub_median_s'] * 1e3:.0f} ms; hook gathers "
+        f"{overhead['hook_gather_s'] * 1e3:.1f} ms per pass"
+    )
     print(f"\nwrote {args.out}")
     return 0
 

@@ -17,7 +17,6 @@ import xarray as xr
 import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import FAMILIES, WORDS, make_tokenizer, save_tiny_model
 from tokenizers import processors
 
 from residual_dynamics import datasets as ds
@@ -33,7 +32,15 @@ from residual_dynamics.extract import (
     tokenise,
 )
 from residual_dynamics.models import load_model
-from residual_dynamics.store import FORMAT_VERSION, ROW_ARRAYS, StoreError, merge_shards, open_store
+from residual_dynamics.store import (
+    FORMAT_VERSION,
+    ROW_ARRAYS,
+    STORE_ATTRS,
+    StoreError,
+    merge_shards,
+    open_store,
+)
+from tiny_models import FAMILIES, WORDS, make_tokenizer, save_tiny_model
 
 ATOL = 1e-5
 N_TEXTS = 20
@@ -41,7 +48,7 @@ CHUNK_ROWS = 8  # what chunk_mib=0.001 gives for d_model=32 in float32: 1048 B /
 
 
 def texts(n: int = N_TEXTS) -> list[str]:
-    """n distinct texts of 2 to 14 words, so every batch needs padding."""
+    """n distinct texts of 3 to 15 words, so every batch needs padding."""
     out = []
     for i in range(n):
         length = 2 + (5 * i) % 13
@@ -93,6 +100,20 @@ def llama(llama_dir):
     return load_model("tiny", {"path": str(llama_dir)}, device="cpu")
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """``family -> LoadedModel``, each built and loaded once for this module."""
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            path = save_tiny_model(family, tmp_path_factory.mktemp(family))
+            cache[family] = load_model(family, {"path": str(path)}, device="cpu")
+        return cache[family]
+
+    return get
+
+
 def write_toy_dataset(path: Path, lines: list[str], shuffle: bool = False) -> Path:
     """Prepare a dataset through the same code the prepare_dataset rule runs."""
     source = path.with_suffix(".txt")
@@ -100,7 +121,12 @@ def write_toy_dataset(path: Path, lines: list[str], shuffle: bool = False) -> Pa
     frame = ds.prepare_dataset(
         path.stem,
         {
-            "file": {"path": str(source), "format": "txt", "text_field": "text", "split_on": "line"},
+            "file": {
+                "path": str(source),
+                "format": "txt",
+                "text_field": "text",
+                "split_on": "line",
+            },
             "min_chars": 0,
             "max_chars": 10_000,
             "n_samples": None,
@@ -163,13 +189,15 @@ def assert_same_arrays(a: Path, b: Path) -> None:
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_padding_does_not_change_rows(family, padding_side, tmp_path):
+def test_padding_does_not_change_rows(family, padding_side, tiny_model):
     """A padded batch gives every sequence the rows it gets alone, on either padding side.
 
     Left padding is the trap: without position ids from the mask, the real tokens of a short
-    sequence would sit at shifted positions. All real positions are compared, the last included.
+    sequence would sit at shifted positions. Rotary families barely notice (a common shift
+    cancels in q.k), GPT-2 and BERT (learned absolute positions) do, hence every family. All real
+    positions are compared, the last included.
     """
-    loaded = load_model(family, {"path": str(save_tiny_model(family, tmp_path))}, device="cpu")
+    loaded = tiny_model(family)
     tokenizer = make_tokenizer("bert" if family == "bert" else "causal")
     seqs = [list(tokenizer(t)["input_ids"]) for t in texts(4)]
     assert len({len(s) for s in seqs}) > 1
@@ -311,8 +339,9 @@ def test_store_follows_the_contract(last_store):
     assert dataset.attrs["sublayers"] == ["attn0", "mlp0", "attn1", "mlp1", "final"]
     for name in ROW_ARRAYS:
         assert dataset[name].dims == ("sample",), name
-    for key in ("model", "dataset", "dataset_hash", "format_version", "sublayers", "versions"):
+    for key in STORE_ATTRS:
         assert key in dataset.attrs, key
+    assert {"torch", "transformers", "zarr"} <= set(dataset.attrs["versions"])
     assert dataset.attrs["format_version"] == FORMAT_VERSION
     assert dataset.attrs["model"] == "tiny-llama" and dataset.attrs["dataset"] == "toy"
     assert dataset.attrs["n_samples"] == N_TEXTS
@@ -371,6 +400,7 @@ def test_unaligned_shards_merge_by_copying(record, last_store, tmp_path):
     merged = tmp_path / "merged.zarr"
     merge_shards(shards, merged)
     chunk_files = [f for f in (merged / "resid" / "c").rglob("*") if f.is_file()]
+    assert chunk_files
     assert all(os.stat(f).st_nlink == 1 for f in chunk_files)
     # The merge itself is an exact copy of the shards' rows...
     parts = [arrays(p) for p in shards]
@@ -441,6 +471,29 @@ def test_an_interrupted_store_is_named_as_such(tmp_path):
         open_store(store)
     with pytest.raises(StoreError, match="no activation store"):
         open_store(tmp_path / "other.zarr")
+
+
+def test_a_failed_extraction_leaves_only_a_partial_store(record, last_store, tmp_path, monkeypatch):
+    """A crash mid-extraction must not leave anything at the final path, and a rerun recovers."""
+    out = tmp_path / "toy.zarr"
+    calls = []
+
+    def crash_on_second_batch(self, seqs, positions):
+        calls.append(len(seqs))
+        if len(calls) == 2:
+            raise RuntimeError("simulated out-of-memory")
+        return original(self, seqs, positions)
+
+    original = Extractor.run_batch
+    monkeypatch.setattr(Extractor, "run_batch", crash_on_second_batch)
+    with pytest.raises(RuntimeError, match="simulated"):
+        record(out)
+    assert not out.exists() and out.with_name("toy.zarr.partial").exists()
+    with pytest.raises(StoreError, match="interrupted"):
+        open_store(out)
+    monkeypatch.setattr(Extractor, "run_batch", original)
+    assert_same_arrays(record(out), last_store)
+    assert not out.with_name("toy.zarr.partial").exists()
 
 
 def test_a_store_of_another_format_version_says_how_to_fix_it(last_store, tmp_path):

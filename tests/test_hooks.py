@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny_models import FAMILIES, make_config, make_tokenizer, save_tiny_model
 from torch import nn
 from transformers import GPTNeoXModel
 
@@ -26,6 +25,7 @@ from residual_dynamics.hooks import (
     sublayer_names,
 )
 from residual_dynamics.models import load_model
+from tiny_models import FAMILIES, make_config, make_tokenizer, save_tiny_model
 
 TEXTS = (
     "the a of to and in is it that was",
@@ -197,9 +197,7 @@ def test_hooks_are_removed_after_a_batch(loaded):
     model = loaded.model
 
     def n_hooks() -> int:
-        return sum(
-            len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()
-        )
+        return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
 
     before = n_hooks()
     seq = token_ids(loaded)[0]

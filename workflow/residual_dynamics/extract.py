@@ -210,8 +210,13 @@ def extract_to_store(
     d_model = extractor.model.config.hidden_size
     per_text = [resolve_positions(positions, len(s)) for s in seqs]
     n_rows = sum(len(p) for p in per_text)
-    if n_rows == 0:
-        raise ExtractionError(f"no rows to record for {out_path.name}: the dataset is empty")
+    # No texts at all is a shard past the end of a small dataset (shard_bounds aligns shards to
+    # whole chunks): write an empty store so merge_shards still gets every shard.
+    if n_rows == 0 and seqs:
+        raise ExtractionError(
+            f"no rows to record for {out_path.name}: positions {positions!r} select no token "
+            "of any text"
+        )
     itemsize = np.dtype(store_dtype).itemsize
     chunk_rows = chunk_rows or chunk_rows_for(d_model, itemsize, chunk_mib, n_rows)
     tmp = temporary_path(out_path)
@@ -222,7 +227,7 @@ def extract_to_store(
 
     # Metadata rows first: small, and written whole.
     text_of_row = np.repeat(np.arange(len(seqs)), [len(p) for p in per_text])
-    group["token_position"][:] = np.concatenate([np.asarray(p, np.int32) for p in per_text])
+    group["token_position"][:] = np.asarray([p for ps in per_text for p in ps], np.int32)
     group["n_tokens"][:] = np.asarray(lengths, np.int32)[text_of_row]
     group["token_id"][:] = np.asarray(
         [seqs[t][p] for t, ps in enumerate(per_text) for p in ps], np.int64

@@ -168,6 +168,12 @@ def merge_shards(shard_paths: Sequence[Path], final_path: Path) -> None:
     attrs = dict(first.attrs)
     attrs.pop("n_samples", None)
     attrs["n_shards"] = len(shards)
+    # The merged store is the whole dataset, not shard 0: per-shard attributes are recomputed.
+    attrs.pop("shard", None)
+    attrs["n_texts"] = sum(int(s.attrs.get("n_texts", 0)) for s in shards)
+    ranges = [s.attrs.get("text_range") for s in shards]
+    if all(ranges):
+        attrs["text_range"] = [ranges[0][0], ranges[-1][1]]
     aligned = all(s % chunk_rows == 0 for s in sizes[:-1]) and all(
         s["resid"].chunks[0] == chunk_rows for s in shards
     )
