@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from residual_dynamics import datasets
 from residual_dynamics.datasets import DatasetError
 
