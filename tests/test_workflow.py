@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,6 +70,8 @@ def tiny_run(tmp_path_factory):
         # Tiny chunks so that the 2 shards hold several chunks each and are linked, not copied.
         "extraction": {"n_shards": 2, "chunk_mib": 0.0005, "batch_size": 8},
         "figures": {"dpi": 60},
+        "rotations": {"n_permutations": 50, "n_surrogates": 20},
+        "mutual_information": {"grid": 32, "ksg_units": 4},
     }
     config_path = work / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -82,7 +85,6 @@ def test_run_produces_stores_figures_and_report(tiny_run):
         ("tiny_llama", "texts"),
         ("tiny_llama", "texts_shuffled"),
         ("tiny_llama_untrained", "texts"),
-        ("tiny_llama_untrained", "texts_shuffled"),
         ("minilm", "texts"),
     ]
     page = (work / "results" / "report" / "index.html").read_text()
@@ -93,9 +95,28 @@ def test_run_produces_stores_figures_and_report(tiny_run):
         assert data.attrs["n_shards"] == 2
         assert data.sizes["sample"] == 40
         assert np.isfinite(data["resid"].values).all()
-        png = work / "results" / "figures" / model / dataset / "fig1b_mean_activation.png"
-        assert png.stat().st_size > 5000
-        assert f"id='{model}--{dataset}--fig1b'" in page
+        for panel in (
+            "fig1b",
+            "fig1c",
+            "fig1d",
+            "fig1e",
+            "fig1f",
+            "fig1g",
+            "fig1h",
+            "fig2a",
+            "fig2b",
+            "fig2c",
+        ):
+            png = work / "results" / "figures" / model / dataset / f"{panel}.png"
+            assert png.stat().st_size > 5000, png
+            assert png.with_suffix(".svg").exists()
+            assert f"id='{model}--{dataset}--{panel}'" in page
+        summary = json.loads(
+            (work / "results" / "statistics" / model / dataset / "summary.json").read_text()
+        )
+        n_transitions = data.sizes["sublayer"] - 2  # 'paper' drops the final row
+        assert len(summary["per_transition"]["correlation"]) == n_transitions
+        assert set(summary["rotations"]["nulls"]) == {"pair_shuffle", "random_walk", "ar1", "phase"}
     # Temporary shard stores are gone once merged; no partial store is left anywhere.
     assert not list((work / "results" / "activations").rglob("*.shards/*.zarr"))
     assert not list((work / "results").rglob("*.partial"))

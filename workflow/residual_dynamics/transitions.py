@@ -44,7 +44,8 @@ def dask_client(
             threads_per_worker=max(1, threads),
             processes=True,
             memory_limit=memory_limit,
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: parallel jobs must not clash on 8787
+            silence_logs=logging.WARNING,
         ) as cluster,
         Client(cluster) as client,
     ):

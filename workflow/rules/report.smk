@@ -1,3 +1,17 @@
+PANELS = [
+    "fig1b",
+    "fig1c",
+    "fig1d",
+    "fig1e",
+    "fig1f",
+    "fig1g",
+    "fig1h",
+    "fig2a",
+    "fig2b",
+    "fig2c",
+]
+
+
 rule report:
     """One self-contained HTML page for every model and dataset."""
     input:
@@ -5,9 +19,13 @@ rule report:
         means=per_recording(
             f"{RESULTS}/statistics/{{model}}/{{dataset}}/unit_means.zarr"
         ),
-        fig1b=per_recording(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig1b_mean_activation.png"
+        summaries=per_recording(
+            f"{RESULTS}/statistics/{{model}}/{{dataset}}/summary.json"
         ),
+        figures=[
+            per_recording(f"{RESULTS}/figures/{{model}}/{{dataset}}/{panel}.png")
+            for panel in PANELS
+        ],
     output:
         html=f"{RESULTS}/report/index.html",
     log:
@@ -19,6 +37,7 @@ rule report:
         mem_mb=2000,
     params:
         recordings=RECORDINGS,
+        panels=PANELS,
         title=config["report"]["title"],
         config=config,
         benchmarks=f"{RESULTS}/benchmarks",

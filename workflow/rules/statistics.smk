@@ -17,3 +17,93 @@ rule unit_means:
         sublayers=config["analysis"]["sublayers"],
     script:
         "../scripts/unit_means.py"
+
+
+rule transition_statistics:
+    """Per-unit correlations, per-sample cosine and velocity (Figures 1C-1F), one Dask pass."""
+    input:
+        store=rules.merge_shards.output.store,
+    output:
+        stats=directory(f"{RESULTS}/statistics/{{model}}/{{dataset}}/transitions.zarr"),
+    log:
+        f"{RESULTS}/logs/transition_statistics/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/transition_statistics/{{model}}--{{dataset}}.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+    params:
+        sublayers=config["analysis"]["sublayers"],
+        dask=config["statistics"],
+    script:
+        "../scripts/transition_statistics.py"
+
+
+rule mutual_information:
+    """Per-unit KDE mutual information between consecutive sublayers (Figures 1G, 1H)."""
+    input:
+        store=rules.merge_shards.output.store,
+    output:
+        mi=directory(
+            f"{RESULTS}/statistics/{{model}}/{{dataset}}/mutual_information.zarr"
+        ),
+    log:
+        f"{RESULTS}/logs/mutual_information/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/mutual_information/{{model}}--{{dataset}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+    params:
+        sublayers=config["analysis"]["sublayers"],
+        settings=config["mutual_information"],
+    script:
+        "../scripts/mutual_information.py"
+
+
+rule rotations:
+    """Rotation counts of each unit's phase portrait against the pair-shuffle and surrogate
+    nulls (Figure 2)."""
+    input:
+        means=rules.unit_means.output.means,
+    output:
+        rotations=directory(
+            f"{RESULTS}/statistics/{{model}}/{{dataset}}/rotations.zarr"
+        ),
+    log:
+        f"{RESULTS}/logs/rotations/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rotations/{{model}}--{{dataset}}.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        settings=config["rotations"],
+    script:
+        "../scripts/rotations.py"
+
+
+rule summary:
+    """The numbers of Figures 1 and 2 in one JSON, which the report reads."""
+    input:
+        means=rules.unit_means.output.means,
+        stats=rules.transition_statistics.output.stats,
+        mi=rules.mutual_information.output.mi,
+        rotations=rules.rotations.output.rotations,
+    output:
+        summary=f"{RESULTS}/statistics/{{model}}/{{dataset}}/summary.json",
+    log:
+        f"{RESULTS}/logs/summary/{{model}}/{{dataset}}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    script:
+        "../scripts/summary.py"

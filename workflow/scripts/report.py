@@ -1,27 +1,35 @@
 """Rule report: the self-contained HTML page."""
 
+import json
 from pathlib import Path
 
 import xarray as xr
 
 from residual_dynamics.logs import setup_logging
-from residual_dynamics.report import Figure, Section, mean_activation_caption, render, write_report
+from residual_dynamics.report import (
+    Figure,
+    Section,
+    mean_activation_caption,
+    panel_captions,
+    render,
+    write_report,
+)
 
 setup_logging(snakemake.log[0])
 sm = snakemake
+n_recordings = len(sm.params.recordings)
 sections = []
-for (model, dataset), store, means, fig1b in zip(
-    sm.params.recordings, sm.input.stores, sm.input.means, sm.input.fig1b, strict=True
+# Figures arrive panel by panel, each panel for every recording in order.
+for index, ((model, dataset), store, means, summary_path) in enumerate(
+    zip(sm.params.recordings, sm.input.stores, sm.input.means, sm.input.summaries, strict=True)
 ):
-    caption = mean_activation_caption(xr.open_zarr(means).load())
-    sections.append(
-        Section(
-            model,
-            dataset,
-            Path(store),
-            figures=[Figure(Path(fig1b), "Figure 1B: mean activation per unit", caption, "fig1b")],
-        )
-    )
+    captions = panel_captions(json.loads(Path(summary_path).read_text()))
+    captions["fig1b"] = (captions["fig1b"][0], mean_activation_caption(xr.open_zarr(means).load()))
+    figures = [
+        Figure(Path(sm.input.figures[p * n_recordings + index]), *captions[panel], panel)
+        for p, panel in enumerate(sm.params.panels)
+    ]
+    sections.append(Section(model, dataset, Path(store), figures=figures))
 page = render(
     sections,
     title=sm.params.title,

@@ -1,0 +1,100 @@
+"""Figures 1 and 2 from the statistics datasets: which plot goes to which panel file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from . import plotting
+from .rotations import phase_portrait
+from .transitions import correlation_histograms
+
+NULL_NAMES = ("pair_shuffle", "random_walk", "ar1", "phase")
+
+
+def _paths(png: str, formats) -> list[Path]:
+    png = Path(png)
+    return [png] + [png.with_suffix(f".{fmt}") for fmt in formats if fmt != "png"]
+
+
+def _title(ds: xr.Dataset, what: str) -> str:
+    return f"{what}\n{ds.attrs.get('model')} on {ds.attrs.get('dataset')}, N = {ds.attrs.get('n_samples')}"
+
+
+def figure_1(means, stats, mi, *, outputs: dict, formats, dpi: int, reading: str) -> None:
+    kinds = stats["transition_kind"].values
+    panels = {
+        "fig1b": lambda: plotting.mean_activation_heatmap(means),
+        "fig1c": lambda: plotting.transition_heatmap(
+            stats["r"].values,
+            title=_title(stats, "Correlation of each unit between sublayer t and t+1"),
+            label="Pearson r",
+            vmin=float(np.nanmin([0.75, np.nanpercentile(stats["r"].values, 2)])),
+            vmax=1.0,
+        ),
+        "fig1d": lambda: plotting.correlation_histogram_figure(
+            correlation_histograms(stats["r_pairs"].values, reading),
+            reading,
+            _title(stats, "Per-unit correlations"),
+        ),
+        "fig1e": lambda: plotting.per_transition_figure(
+            stats["cosine"].values,
+            kinds,
+            title=_title(stats, "Cosine similarity between successive sublayers"),
+            ylabel="cosine similarity",
+        ),
+        "fig1f": lambda: plotting.per_transition_figure(
+            stats["velocity"].values,
+            kinds,
+            title=_title(stats, "Velocity |h(t+1) - h(t)|"),
+            ylabel="velocity (L2)",
+        ),
+        "fig1g": lambda: plotting.transition_heatmap(
+            mi["mi_kde"].values,
+            title=_title(mi, "Mutual information of each unit between sublayer t and t+1"),
+            label="MI (nats)",
+            vmin=0.0,
+            vmax=float(max(1e-6, np.nanpercentile(mi["mi_kde"].values, 99))),
+            cmap="magma",
+        ),
+        "fig1h": lambda: plotting.per_transition_figure(
+            mi["mi_kde"].values.T,
+            kinds,
+            title=_title(mi, "Mean mutual information per transition (band: 10-90 % of units)"),
+            ylabel="MI (nats)",
+        ),
+    }
+    for key, make in panels.items():
+        plotting.save(make(), _paths(outputs[key], formats), dpi=dpi)
+
+
+def example_units(r: np.ndarray, n: int = 4) -> list[int]:
+    """Units to draw in 2A: the most and least rotating, and two in between."""
+    order = np.argsort(np.abs(np.nan_to_num(r)))
+    picks = [order[-1], order[len(order) // 2], order[len(order) // 4], order[0]]
+    return list(dict.fromkeys(int(u) for u in picks))[:n]
+
+
+def figure_2(means, rotations, *, outputs: dict, formats, dpi: int) -> None:
+    x, y = phase_portrait(means["mean"].values)
+    r = rotations["r"].values
+    label = f"{means.attrs.get('model')} on {means.attrs.get('dataset')}"
+    nulls = {k: rotations[f"{k}_null"].values for k in NULL_NAMES if f"{k}_null" in rotations}
+    p95 = {
+        k: rotations[f"{k}_null_p95_abs"].values
+        for k in NULL_NAMES
+        if f"{k}_null_p95_abs" in rotations
+    }
+    panels = {
+        "fig2a": lambda: plotting.phase_portraits(
+            x, y, example_units(r), r, f"Unit phase portraits, {label}"
+        ),
+        "fig2b": lambda: plotting.rotation_histograms(
+            r, nulls, f"Rotation counts against nulls, {label}"
+        ),
+        "fig2c": lambda: plotting.rotation_per_unit(r, p95, f"Rotation count per unit, {label}"),
+    }
+    for key, make in panels.items():
+        plotting.save(make(), _paths(outputs[key], formats), dpi=dpi)

@@ -1,0 +1,109 @@
+"""The per-model, per-dataset summary the report reads: Figure 1 and 2 numbers in one JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+
+def _clean(value):
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _by_kind(values: np.ndarray, kinds: np.ndarray) -> dict:
+    return {
+        kind: float(np.nanmean(values[kinds == kind])) if (kinds == kind).any() else None
+        for kind in ("within", "cross")
+    }
+
+
+def rotations_dataset(result: dict) -> xr.Dataset:
+    """rotation_summary's arrays as an xarray Dataset (the summary goes in the attributes)."""
+    data = {"r": (("unit",), np.asarray(result["r"], np.float64))}
+    for kind, arrays in result["per_unit"].items():
+        for name, values in arrays.items():
+            data[f"{kind}_{name}"] = (("unit",), np.asarray(values))
+    for kind, draws in result["r_null"].items():
+        data[f"{kind}_null"] = ((f"{kind}_draw", "unit"), np.asarray(draws, np.float32))
+    return xr.Dataset(data, attrs={"summary": json.dumps(_clean(result["summary"]))})
+
+
+def build_summary(
+    means: xr.Dataset, transitions: xr.Dataset, information: xr.Dataset, rotations: xr.Dataset
+) -> dict:
+    """Per-transition means (correlation, cosine, velocity, MI), their within/cross split, and
+    the rotation figures against every null."""
+    kinds = np.asarray(transitions["transition_kind"].values)
+    r = transitions["r"].values
+    cosine = transitions["cosine"].values
+    velocity = transitions["velocity"].values
+    mi = information["mi_kde"].values
+    per_transition = {
+        "label": [str(v) for v in transitions["transition_label"].values],
+        "kind": [str(k) for k in kinds],
+        "correlation": np.nanmean(r, axis=1).tolist(),
+        "cosine": np.nanmean(cosine, axis=0).tolist(),
+        "cosine_p10": np.nanpercentile(cosine, 10, axis=0).tolist(),
+        "cosine_p90": np.nanpercentile(cosine, 90, axis=0).tolist(),
+        "velocity": np.nanmean(velocity, axis=0).tolist(),
+        "velocity_p10": np.nanpercentile(velocity, 10, axis=0).tolist(),
+        "velocity_p90": np.nanpercentile(velocity, 90, axis=0).tolist(),
+        "mi_kde": np.nanmean(mi, axis=1).tolist(),
+        "mi_gaussian": np.nanmean(information["mi_gaussian"].values, axis=1).tolist(),
+        "mi_ksg": np.nanmean(information["mi_ksg"].values, axis=1).tolist()
+        if information.sizes.get("ksg_unit", 0)
+        else None,
+    }
+    summary = {
+        "model": transitions.attrs.get("model"),
+        "dataset": transitions.attrs.get("dataset"),
+        "n_samples": transitions.attrs.get("n_samples"),
+        "n_sublayers": int(means.sizes["sublayer"]),
+        "n_units": int(means.sizes["unit"]),
+        "norm": transitions.attrs.get("norm"),
+        "per_transition": per_transition,
+        "by_kind": {
+            "correlation": _by_kind(np.nanmean(r, axis=1), kinds),
+            "cosine": _by_kind(np.nanmean(cosine, axis=0), kinds),
+            "velocity": _by_kind(np.nanmean(velocity, axis=0), kinds),
+            "mi_kde": _by_kind(np.nanmean(mi, axis=1), kinds),
+        },
+        "correlation_rises_with_depth": _spearman_with_depth(np.nanmean(r, axis=1)),
+        "mutual_information": {
+            "estimator": "gaussian kde on a grid",
+            "grid": information.attrs.get("grid"),
+            "bandwidth": information.attrs.get("bandwidth"),
+            "n_samples": information.attrs.get("n_samples"),
+            "undefined_pairs": int(information["undefined"].values.sum()),
+        },
+        "rotations": json.loads(rotations.attrs["summary"]),
+    }
+    return _clean(summary)
+
+
+def _spearman_with_depth(values: np.ndarray) -> float | None:
+    from scipy.stats import spearmanr
+
+    finite = np.isfinite(values)
+    if finite.sum() < 3:
+        return None
+    return float(spearmanr(np.arange(values.size)[finite], values[finite]).statistic)
+
+
+def write_json(data: dict, path: Path | str) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)

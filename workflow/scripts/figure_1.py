@@ -1,0 +1,17 @@
+"""Rule figure_1: the panels of Figure 1 (B-H), PNG plus the other configured formats."""
+
+import xarray as xr
+
+from residual_dynamics.figures import figure_1
+from residual_dynamics.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+figure_1(
+    xr.open_zarr(snakemake.input.means).load(),
+    xr.open_zarr(snakemake.input.stats).load(),
+    xr.open_zarr(snakemake.input.mi).load(),
+    outputs=dict(snakemake.output.items()),
+    formats=snakemake.params.formats,
+    dpi=snakemake.params.dpi,
+    reading=snakemake.params.reading,
+)

@@ -1,0 +1,15 @@
+"""Rule figure_2: the panels of Figure 2 (A-C), PNG plus the other configured formats."""
+
+import xarray as xr
+
+from residual_dynamics.figures import figure_2
+from residual_dynamics.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+figure_2(
+    xr.open_zarr(snakemake.input.means).load(),
+    xr.open_zarr(snakemake.input.rotations).load(),
+    outputs=dict(snakemake.output.items()),
+    formats=snakemake.params.formats,
+    dpi=snakemake.params.dpi,
+)

@@ -1,0 +1,23 @@
+"""Rule mutual_information: per-unit KDE MI between consecutive sublayers (Fig. 1G, 1H)."""
+
+import torch
+
+from residual_dynamics.information import transition_mutual_information
+from residual_dynamics.logs import setup_logging
+from residual_dynamics.stats import write_dataset_atomic
+
+setup_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+settings = snakemake.params.settings
+mi = transition_mutual_information(
+    snakemake.input.store,
+    sublayers=snakemake.params.sublayers,
+    grid=settings["grid"],
+    bandwidth=settings["bandwidth"],
+    pad=settings["pad"],
+    n_samples=settings["n_samples"],
+    ksg_units=settings["ksg_units"],
+    device=settings["device"],
+    seed=settings["seed"],
+)
+write_dataset_atomic(mi, snakemake.output.mi)

@@ -1,0 +1,19 @@
+"""Rule rotations: rotation counts of unit phase portraits against nulls (Fig. 2)."""
+
+import xarray as xr
+
+from residual_dynamics.logs import setup_logging
+from residual_dynamics.rotations import rotation_summary
+from residual_dynamics.stats import write_dataset_atomic
+from residual_dynamics.summary import rotations_dataset
+
+setup_logging(snakemake.log[0])
+settings = snakemake.params.settings
+means = xr.open_zarr(snakemake.input.means)["mean"].values
+result = rotation_summary(
+    means,
+    n_perm=settings["n_permutations"],
+    n_surrogates=settings["n_surrogates"],
+    seed=settings["seed"],
+)
+write_dataset_atomic(rotations_dataset(result), snakemake.output.rotations)

@@ -1,0 +1,15 @@
+"""Rule summary: the numbers of Figures 1 and 2 in one JSON."""
+
+import xarray as xr
+
+from residual_dynamics.logs import setup_logging
+from residual_dynamics.summary import build_summary, write_json
+
+setup_logging(snakemake.log[0])
+summary = build_summary(
+    xr.open_zarr(snakemake.input.means).load(),
+    xr.open_zarr(snakemake.input.stats).load(),
+    xr.open_zarr(snakemake.input.mi).load(),
+    xr.open_zarr(snakemake.input.rotations).load(),
+)
+write_json(summary, snakemake.output.summary)

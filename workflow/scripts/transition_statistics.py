@@ -1,0 +1,27 @@
+"""Rule transition_statistics: correlations, cosine and velocity across sublayers (Fig. 1C-1F)."""
+
+from residual_dynamics.logs import setup_logging
+from residual_dynamics.stats import write_dataset_atomic
+from residual_dynamics.transitions import dask_client, transition_statistics
+
+
+def main(sm) -> None:
+    setup_logging(sm.log[0])
+    settings = sm.params.dask
+    with dask_client(
+        threads=sm.threads,
+        address=settings["scheduler_address"],
+        memory_limit=settings["memory_limit"],
+    ):
+        stats = transition_statistics(
+            sm.input.store,
+            sublayers=sm.params.sublayers,
+            block_rows=settings["block_rows"],
+        )
+    write_dataset_atomic(stats, sm.output.stats)
+
+
+# Dask's worker processes are spawned and re-import this file as a module: only the job's own
+# process runs it.
+if __name__ == "__main__":
+    main(snakemake)
