@@ -69,16 +69,33 @@ def test_same_numbers_on_a_local_dask_cluster(small_store):
     np.testing.assert_array_equal(clustered["velocity"].values, plain["velocity"].values)
 
 
-def test_rows_with_non_finite_values_are_left_out(tmp_path):
+def test_non_finite_values_drop_the_row_for_that_unit_only(tmp_path):
     rng = np.random.default_rng(1)
     resid = rng.normal(size=(30, len(NAMES), 5)).astype(np.float32)
     resid[7, 2, 1] = np.nan
     path = write_store(tmp_path / "n.zarr", resid, chunk_rows=10)
     stats = transition_statistics(path)
-    clean = np.delete(resid[:, :-1, :], 7, axis=0).astype(np.float64)
-    expected = np.corrcoef(clean[:, 0, 0], clean[:, 1, 0])[0, 1]
-    assert stats["r"].values[0, 0] == pytest.approx(expected, abs=1e-5)
+    x = resid[:, :-1, :].astype(np.float64)
+    hit = np.delete(x, 7, axis=0)
+    assert stats["r"].values[0, 1] == pytest.approx(
+        np.corrcoef(hit[:, 0, 1], hit[:, 1, 1])[0, 1], abs=1e-5
+    )
+    assert stats["r"].values[0, 0] == pytest.approx(
+        np.corrcoef(x[:, 0, 0], x[:, 1, 0])[0, 1], abs=1e-5
+    )
+    assert stats["n_finite"].values.tolist() == [30, 29, 30, 30, 30]
     assert stats.attrs["n_finite_samples"] == 29
+
+
+def test_tiles_over_units_give_the_same_numbers(small_store):
+    """Tiny tiles (one unit wide) must add up to the one-tile answer."""
+    path, _ = small_store
+    whole = transition_statistics(path, block_rows=64)
+    tiled = transition_statistics(path, block_rows=8, tile_mib=1e-4)
+    for name in ("r", "r_pairs", "cosine", "velocity"):
+        np.testing.assert_allclose(
+            tiled[name].values, whole[name].values, rtol=1e-5, equal_nan=True
+        )
 
 
 def test_transition_kinds_follow_the_paper():

@@ -69,68 +69,109 @@ def row_blocks(
     return [(s, min(n_rows, s + step)) for s in range(0, n_rows, step)]
 
 
-def _block_statistics(path: str, start: int, stop: int, keep: list[int], shift: np.ndarray):
+def unit_blocks(
+    n_units: int, rows: int, sublayers: int, target_mib: float
+) -> list[tuple[int, int]]:
+    """Unit ranges so that one tile's largest array, the (S, S, units) cross moments or the
+    (rows, S, units) block, stays near ``target_mib``: tasks fit a worker's memory whatever d is."""
+    per_unit = 8 * sublayers * max(rows, sublayers)
+    width = max(1, min(n_units, int(target_mib * 2**20 // per_unit)))
+    return [(u, min(n_units, u + width)) for u in range(0, n_units, width)]
+
+
+def _tile(path: str, rows: tuple[int, int], units: tuple[int, int], keep, shift: np.ndarray):
+    """Moments and per-sample partial sums of one tile (a block of rows x a block of units)."""
     resid = open_store(path)["resid"]
-    x = np.asarray(resid[start:stop], dtype=np.float64)[:, keep, :]
-    finite = np.isfinite(x).all(axis=(1, 2))
-    y = x[finite] - shift  # shifted: covariances are unchanged and cancellation is avoided
+    shift = shift[:, units[0] : units[1]]
+    x = np.asarray(resid[rows[0] : rows[1], keep, units[0] : units[1]], dtype=np.float64)
+    finite = np.isfinite(x).all(
+        axis=1
+    )  # (n, du): a row counts for a unit when all its sublayers do
+    y = np.where(
+        finite[:, None, :], x - shift, 0.0
+    )  # shifted: covariances unchanged, no cancellation
     s1 = y.sum(axis=0)
     s2 = np.einsum("nsd,ntd->std", y, y, optimize=True)
+    count = finite.sum(axis=0)
     a, b = x[:, :-1, :], x[:, 1:, :]
-    dot = np.einsum("nsd,nsd->ns", a, b)
-    norms = np.linalg.norm(x, axis=2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cosine = dot / (norms[:, :-1] * norms[:, 1:])
-    velocity = np.linalg.norm(b - a, axis=2)
-    return (s1, s2, int(finite.sum())), (cosine, velocity)
+    # Whole-vector cosine and velocity are sums over units: each tile adds its share.
+    per_sample = (
+        np.einsum("nsd,nsd->ns", a, b),
+        np.einsum("nsd,nsd->ns", x, x),
+        np.einsum("nsd,nsd->ns", b - a, b - a),
+    )
+    return (s1, s2, count), per_sample
 
 
-def _add_moments(first, second=None):
+def _add(first, second=None):
     if second is None:
         return first
     return tuple(a + b for a, b in zip(first, second, strict=True))
 
 
+def _tree_sum(parts: list):
+    """Add delayed partial results pairwise, so the scheduler holds only a few at a time."""
+    add = dask.delayed(_add, pure=True)
+    while len(parts) > 1:
+        parts = [add(*parts[i : i + 2]) for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
 def transition_statistics(
-    store_path, sublayers: str = "paper", block_rows: int | None = None
+    store_path, sublayers: str = "paper", block_rows: int | None = None, tile_mib: float = 64
 ) -> xr.Dataset:
     """Per-unit correlations and per-sample cosine and velocity; runs on the current Dask
-    scheduler (a distributed client if one is active)."""
+    scheduler (a distributed client if one is active). Work is split into tiles of rows x units
+    so that no task holds more than about ``tile_mib`` in its largest array."""
     group = open_store(store_path)
     resid = group["resid"]
-    keep = analysed_sublayers(group, sublayers)
-    names = [group.attrs["sublayers"][i] for i in keep]
+    keep_list = analysed_sublayers(group, sublayers)
+    # A slice reads only the kept chunks; the analysed sublayers are always contiguous.
+    keep = slice(keep_list[0], keep_list[-1] + 1)
+    names = [group.attrs["sublayers"][i] for i in keep_list]
+    s = len(names)
     n_rows, _, d = resid.shape
-    shift = np.asarray(resid[0:1], dtype=np.float64)[0, keep, :]
-    if not np.isfinite(shift).all():
-        shift = np.zeros_like(shift)
-    blocks = row_blocks(n_rows, resid.chunks[0], block_rows)
-    task = dask.delayed(_block_statistics, pure=True, nout=2)
-    moments, per_sample = zip(
-        *[task(str(store_path), a, b, keep, shift) for a, b in blocks], strict=True
+    first = np.asarray(resid[0:1, keep, :], dtype=np.float64)[0]
+    shift = np.where(np.isfinite(first), first, 0.0)
+    rows = row_blocks(n_rows, resid.chunks[0], block_rows)
+    units = unit_blocks(d, rows[0][1] - rows[0][0], s, tile_mib)
+    tile = dask.delayed(_tile, pure=True, nout=2)
+    shift_once = dask.delayed(shift)  # one copy in the graph, not one per tile
+    moments, sample_parts = {}, {}
+    for u in units:
+        for r in rows:
+            m, p = tile(str(store_path), r, u, keep, shift_once)
+            moments.setdefault(u, []).append(m)
+            sample_parts.setdefault(r, []).append(p)
+    totals, per_sample = dask.compute(
+        [_tree_sum(parts) for parts in moments.values()],
+        [_tree_sum(parts) for parts in sample_parts.values()],
     )
-    # Moments are (S, S, d) per block: add them pairwise in a tree so the driver never holds
-    # more than a few at once, however many blocks there are.
-    moments = list(moments)
-    add = dask.delayed(_add_moments, pure=True)
-    while len(moments) > 1:
-        moments = [add(*moments[i : i + 2]) for i in range(0, len(moments), 2)]
-    (s1, s2, n), per_sample = dask.compute(moments[0], list(per_sample))
-    cosine = np.concatenate([c for c, _ in per_sample])
-    velocity = np.concatenate([v for _, v in per_sample])
-    if n < n_rows:
-        log.warning("%d of %d rows hold non-finite values and were left out", n_rows - n, n_rows)
-    mean = s1 / n
-    cov = s2 / n - mean[:, None, :] * mean[None, :, :]
+    s1 = np.concatenate([t[0] for t in totals], axis=-1)
+    s2 = np.concatenate([t[1] for t in totals], axis=-1)
+    n = np.concatenate([t[2] for t in totals], axis=-1).astype(np.float64)
+    dot = np.concatenate([p[0] for p in per_sample])
+    sq = np.concatenate([p[1] for p in per_sample])
+    dsq = np.concatenate([p[2] for p in per_sample])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = dot / np.sqrt(sq[:, :-1] * sq[:, 1:])
+        mean = s1 / n
+        cov = s2 / n - mean[:, None, :] * mean[None, :, :]
+    velocity = np.sqrt(dsq)
+    if (n < n_rows).any():
+        log.warning(
+            "non-finite values: %d units lost rows (at most %d of %d); they are left out per unit",
+            int((n < n_rows).sum()),
+            int(n_rows - n.min()),
+            n_rows,
+        )
     var = np.diagonal(cov, axis1=0, axis2=1).T  # (S, d)
-    constant = var <= 1e-12 * np.maximum(1.0, np.abs(mean + shift) ** 2)
+    constant = (var <= 1e-12 * np.maximum(1.0, np.abs(mean + shift) ** 2)) | (n[None, :] < 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         r_pairs = cov / np.sqrt(var[:, None, :] * var[None, :, :])
     r_pairs[constant[:, None, :] | constant[None, :, :]] = np.nan
     r_pairs = np.clip(r_pairs, -1.0, 1.0)
-    s = len(names)
     r_next = r_pairs[np.arange(s - 1), np.arange(1, s)]  # (S-1, d)
-    kinds = transition_kind(names)
     labels = [f"{a}->{b}" for a, b in zip(names[:-1], names[1:], strict=True)]
     return xr.Dataset(
         {
@@ -139,11 +180,12 @@ def transition_statistics(
             "cosine": (("sample", "transition"), cosine.astype(np.float32)),
             "velocity": (("sample", "transition"), velocity.astype(np.float32)),
             "constant_unit": (("sublayer", "unit"), constant),
+            "n_finite": (("unit",), n.astype(np.int64)),
         },
         coords={
             "transition": np.arange(s - 1),
             "transition_label": ("transition", labels),
-            "transition_kind": ("transition", kinds),
+            "transition_kind": ("transition", transition_kind(names)),
             "sublayer": names,
             "sublayer_to": names,
             "unit": np.arange(d),
@@ -152,7 +194,7 @@ def transition_statistics(
             "model": group.attrs.get("model"),
             "dataset": group.attrs.get("dataset"),
             "n_samples": int(n_rows),
-            "n_finite_samples": int(n),
+            "n_finite_samples": int(n.min()),
             "norm": group.attrs.get("norm"),
         },
     )
