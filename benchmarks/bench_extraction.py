@@ -4,7 +4,8 @@ The issue's targets: extraction (``extract_to_store``: hooks, on-device gather, 
 writes, rename) reaches at least 0.9x the throughput of a bare forward pass over the same batches
 (no hooks, no writes), and beats the naive order (batches in dataset order, unsorted).
 
-Variants, timed interleaved within each repeat (so drift in machine speed hits all of them):
+Whole-pass variants, timed interleaved within each repeat in a rotating order (so drift in
+machine speed hits all of them); the median (and the minimum) over repeats is reported:
 
 - ``bare``: the batches ``extract_to_store`` forms (length-sorted within each block of one store
   chunk, split by ``_batches``), padded on the right as ``Extractor.run_batch`` pads them, with
@@ -17,6 +18,16 @@ Variants, timed interleaved within each repeat (so drift in machine speed hits a
   ``Extractor.run_batch`` (each padded to its own longest text) plus the host copy. No store
   writes, which favours the naive variant.
 - ``naive_global``: as ``naive_batch`` but every batch padded to the longest text of the dataset.
+
+Two further measurements, for machines shared with other work (where a whole pass can be
+slowed several-fold by another process):
+
+- batch-interleaved: batch k of ``bare``, ``hooks`` and ``naive_batch`` run back to back, for
+  every k, ``--paired-repeats`` times; the per-batch minimum (and median) is summed over
+  batches. ``extract`` is estimated as ``hooks`` plus the model-free cost below.
+- overhead probe: ``extract_to_store`` around a stub extractor that returns zeros (store
+  creation, metadata, host copy, Zarr writes, consolidation, rename: everything but the model),
+  and the hooks' gathers timed on random states of each batch's shape.
 
 Tokenisation and model loading are done once, outside every timing. Run from the repository
 root: ``python benchmarks/bench_extraction.py`` (see benchmarks/README.md).
@@ -46,7 +57,6 @@ from residual_dynamics.extract import (
     extract_to_store,
     package_versions,
     pad_token_id,
-    resolve_add_bos,
     resolve_positions,
     tokenise,
 )
@@ -225,11 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = load_model("minilm", MODEL_SPEC, device="cpu")
     model, tokenizer = loaded.model, loaded.tokenizer
     window = context_window(model, tokenizer)
-    add_bos = resolve_add_bos(tokenizer, False)
     tokens = tokenise(
         tokenizer,
         frame["text"].tolist(),
-        add_bos=add_bos,
+        add_bos=False,  # BERT's tokenizer adds [CLS] itself (resolve_add_bos "auto" agrees)
         max_tokens=window,
         on_overflow="truncate",
         dataset="pydoc",

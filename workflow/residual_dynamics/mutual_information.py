@@ -52,6 +52,7 @@ heavy-tailed column does not pad a whole batch, and batched with a cap on cells 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -385,15 +386,33 @@ def mi_kde(
     fields = {k: v for k, v in vars(plan).items() if k != "usable"}
     dev = torch.device(device)
     budget = _MAX_BATCH_CELLS * (16 if dev.type == "cuda" else 1)
-    with torch.inference_mode():
-        start = 0
-        while start < len(todo):
-            # The first pair of a batch is its largest: size the batch to the cell budget.
-            fit = max(1, int(budget // (2 * cells[todo[start]])))
-            cols = todo[start : start + min(batch_size, fit)]
+    batches = []
+    start = 0
+    while start < len(todo):
+        # The first pair of a batch is its largest: size the batch to the cell budget.
+        fit = max(1, int(budget // (2 * cells[todo[start]])))
+        batches.append(todo[start : start + min(batch_size, fit)])
+        start += len(batches[-1])
+
+    def run(cols: np.ndarray) -> None:
+        with torch.inference_mode():
             sub = {k: v[cols] for k, v in fields.items()}
             out[cols] = _mi_kde_batch(x[:, cols].T, y[:, cols].T, sub, grid, pad, dev)
-            start += len(cols)
+
+    threads = torch.get_num_threads() if dev.type == "cpu" else 1
+    if threads > 1 and len(batches) > 1:
+        # Many small tensor ops per batch scale poorly inside torch; whole batches on separate
+        # Python threads (torch releases the GIL) with one torch thread each scale better
+        # (measured: 2 cores, 1.15x over torch's own 2 threads).
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(run, batches))
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        for cols in batches:
+            run(cols)
     return out
 
 
