@@ -52,11 +52,11 @@ import torch
 from residual_dynamics.datasets import prepare_dataset
 from residual_dynamics.extract import (
     Extractor,
-    _batches,
     architecture_attrs,
     extract_to_store,
     package_versions,
     pad_token_id,
+    plan_blocks,
     resolve_positions,
     tokenise,
 )
@@ -114,21 +114,9 @@ def sorted_batches(
     batch_size: int,
     max_batch_tokens: int,
 ) -> list[list[int]]:
-    """The batches extract_to_store runs, in its order: blocks of texts whose rows fill whole
-    chunks, each block sorted by (-length, index) and split by ``_batches``."""
-    row_start = np.concatenate([[0], np.cumsum([len(p) for p in per_text])])
-    out: list[list[int]] = []
-    text = 0
-    while text < len(lengths):
-        block_end = text
-        while block_end < len(lengths) and (
-            row_start[block_end + 1] - row_start[text] <= chunk_rows or block_end == text
-        ):
-            block_end += 1
-        order = sorted(range(text, block_end), key=lambda i: (-lengths[i], i))
-        out.extend(_batches(order, lengths, batch_size, max_batch_tokens))
-        text = block_end
-    return out
+    """The batches extract_to_store runs, in its order (its own plan, flattened)."""
+    blocks = plan_blocks(lengths, per_text, chunk_rows, batch_size, max_batch_tokens)
+    return [batch for _, _, batches in blocks for batch in batches]
 
 
 def padded_inputs(

@@ -148,6 +148,32 @@ def _batches(order: Sequence[int], lengths: Sequence[int], batch_size: int, max_
         yield batch
 
 
+def plan_blocks(
+    lengths: Sequence[int],
+    per_text: Sequence[Sequence[int]],
+    chunk_rows: int,
+    batch_size: int,
+    max_batch_tokens: int,
+) -> list[tuple[int, int, list[list[int]]]]:
+    """The order of work: (first text, end text, batches) per block of texts whose rows fill
+    whole chunks (or reach the end); inside a block, batches of texts sorted by (-length, index)."""
+    row_start = np.concatenate([[0], np.cumsum([len(p) for p in per_text])])
+    blocks = []
+    text = 0
+    while text < len(lengths):
+        block_end = text
+        while block_end < len(lengths) and (
+            row_start[block_end + 1] - row_start[text] <= chunk_rows or block_end == text
+        ):
+            block_end += 1
+        order = sorted(range(text, block_end), key=lambda i: (-lengths[i], i))
+        blocks.append(
+            (text, block_end, list(_batches(order, lengths, batch_size, max_batch_tokens)))
+        )
+        text = block_end
+    return blocks
+
+
 class Extractor:
     """Runs a model over token sequences and returns the residual stream at chosen positions."""
 
@@ -243,20 +269,13 @@ def extract_to_store(
         mininterval=0.5 if sys.stderr.isatty() else 10,
         disable=not progress,
     )
-    text = 0
-    while text < len(seqs):
-        # A block of texts whose rows end on a chunk boundary (or at the end).
-        block_end = text
-        while block_end < len(seqs) and (
-            row_start[block_end + 1] - row_start[text] <= chunk_rows or block_end == text
-        ):
-            block_end += 1
-        block = np.arange(text, block_end)
-        order = sorted(block, key=lambda i: (-lengths[i], i))
+    for text, block_end, batches in plan_blocks(
+        lengths, per_text, chunk_rows, batch_size, max_batch_tokens
+    ):
         buffer = np.empty(
             (row_start[block_end] - row_start[text], len(extractor.sublayers), d_model), np.float32
         )
-        for batch in _batches(order, lengths, batch_size, max_batch_tokens):
+        for batch in batches:
             rows = extractor.run_batch([seqs[i] for i in batch], [per_text[i] for i in batch])
             rows = rows.cpu().numpy()
             cursor = 0
@@ -275,7 +294,6 @@ def extract_to_store(
                 attrs.get("dtype"),
             )
         resid[row_start[text] : row_start[block_end]] = buffer.astype(store_dtype, copy=False)
-        text = block_end
     bar.close()
     finalise(tmp, out_path)
     return out_path
