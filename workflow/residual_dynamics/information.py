@@ -12,22 +12,16 @@ import logging
 import sys
 
 import numpy as np
-import torch
 import xarray as xr
 from tqdm import tqdm
 
+from .models import resolve_device
 from .mutual_information import mi_gaussian, mi_kde, mi_ksg
 from .stats import analysed_sublayers
 from .store import open_store
 from .transitions import transition_kind
 
 log = logging.getLogger(__name__)
-
-
-def _device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
 
 
 def transition_mutual_information(
@@ -54,7 +48,7 @@ def transition_mutual_information(
     if n_samples is not None and n_samples < n_rows:
         rows = np.sort(rng.choice(n_rows, size=n_samples, replace=False))
     ksg_set = np.sort(rng.choice(d, size=min(ksg_units, d), replace=False)) if ksg_units else []
-    device = _device(device)
+    device = str(resolve_device(device))
     t_count = len(keep) - 1
     kde = np.full((t_count, d), np.nan, np.float32)
     gauss = np.full((t_count, d), np.nan, np.float32)
