@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomic import write_text_atomic
 from .store import open_store
 
 CSS = """
@@ -172,11 +173,7 @@ def render(
 
 
 def write_report(path: Path | str, page: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, page)
 
 
 def mean_activation_caption(means) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .atomic import move_into_place, partial_path
 from .store import open_store
 
 
@@ -61,13 +60,8 @@ def unit_means(store_path: Path | str, sublayers: str = "paper", threads: int = 
 
 def write_dataset_atomic(data: xr.Dataset, path: Path | str) -> None:
     """Write an xarray Dataset to Zarr at a temporary path, then rename into place."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = partial_path(path)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         data.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    move_into_place(tmp, path)

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from .atomic import move_into_place, partial_path
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -65,7 +67,7 @@ def chunk_rows_for(d_model: int, itemsize: int, target_mib: float, n_rows: int) 
 
 
 def temporary_path(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
+    return partial_path(path)
 
 
 def create_store(
@@ -123,9 +125,7 @@ def finalise(tmp_path: Path, final_path: Path) -> None:
         # Consolidated metadata is a zarr-python extension to v3; xarray reads it for speed.
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         zarr.consolidate_metadata(str(tmp_path), zarr_format=3)
-    if final_path.exists():
-        shutil.rmtree(final_path)
-    os.replace(tmp_path, final_path)
+    move_into_place(tmp_path, final_path)
 
 
 def open_store(path: Path | str) -> zarr.Group:

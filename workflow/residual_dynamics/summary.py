@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from .atomic import write_text_atomic
+
 
 def _clean(value):
     if isinstance(value, dict):
@@ -103,7 +105,4 @@ def _spearman_with_depth(values: np.ndarray) -> float | None:
 
 
 def write_json(data: dict, path: Path | str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=1))
