@@ -94,6 +94,7 @@ def render(
     """The whole page as one HTML string."""
     run_rows = []
     models_seen, versions = {}, {}
+    notes_by_section: list[list[str]] = []
     for section in sections:
         attrs = dict(open_store(section.store).attrs)
         models_seen.setdefault(
@@ -107,19 +108,20 @@ def render(
             ),
         )
         versions = attrs.get("versions", versions)
-        section.notes.insert(
-            0,
+        notes = [
             f"N = {attrs.get('n_samples')} rows from {attrs.get('n_texts')} texts "
             f"(positions: {html.escape(str(attrs.get('positions')))}), "
             f"{len(attrs.get('sublayers', []))} recorded sublayers, store {attrs.get('store_dtype')}"
             + (", <b>tokens shuffled</b> (control)" if attrs.get("shuffle_tokens") else ""),
-        )
+            *section.notes,
+        ]
         if attrs.get("norm") == "post":
-            section.notes.append(
+            notes.append(
                 "This model is post-norm (BERT-style): every recorded state is the output of a "
                 "LayerNorm, so magnitudes are normalised and not comparable to the paper's pre-norm "
                 "residual stream; correlations and shapes are."
             )
+        notes_by_section.append(notes)
     run_rows.append(
         ("models", "<br>".join(f"<b>{html.escape(k)}</b>: {v}" for k, v in models_seen.items()))
     )
@@ -157,11 +159,11 @@ def render(
         html.escape(json.dumps(config, indent=1, default=str)),
         "</pre></details>",
     ]
-    for section in sections:
+    for section, notes in zip(sections, notes_by_section, strict=True):
         parts.append(
             f"<h2 id='{html.escape(section.anchor)}'>{html.escape(section.model)} on {html.escape(section.dataset)}</h2>"
         )
-        parts += [f"<p class='note'>{note}</p>" for note in section.notes]
+        parts += [f"<p class='note'>{note}</p>" for note in notes]
         for fig in section.figures:
             parts.append(
                 f"<figure id='{html.escape(section.anchor)}--{html.escape(fig.figure_id)}' class='panel'>"
