@@ -12,9 +12,17 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/datasets.smk"
+include: "workflow/rules/training.smk"
 include: "workflow/rules/extraction.smk"
 include: "workflow/rules/statistics.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/reduction.smk"
+include: "workflow/rules/perturbation.smk"
+# Related studies: each switched on in config, each adding a report section.
+include: "workflow/rules/affine.smk"
+include: "workflow/rules/talking_heads.smk"
+include: "workflow/rules/embedding_space.smk"
+# Last: the report collects what the modules above registered in REPORT_SECTIONS.
 include: "workflow/rules/report.smk"
 
 

@@ -31,8 +31,27 @@ class ConfigError(ValueError):
         )
 
 
+MODULE_SCHEMAS = SCHEMA_PATH.parent / "modules"
+
+
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The main schema with every module's fragment merged in.
+
+    A module (a related study, the reductions) keeps its keys in
+    ``workflow/schemas/modules/<module>.yaml``: top-level ``properties`` and optional ``$defs``,
+    merged here so validation and config/README.md see one schema.
+    """
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    for fragment_path in sorted(MODULE_SCHEMAS.glob("*.yaml")):
+        fragment = yaml.safe_load(fragment_path.read_text()) or {}
+        for part in ("properties", "$defs"):
+            for key, value in fragment.get(part, {}).items():
+                if key in schema.setdefault(part, {}):
+                    raise ValueError(
+                        f"{fragment_path.name}: '{key}' is already defined in the schema"
+                    )
+                schema[part][key] = value
+    return schema
 
 
 def _with_defaults(validator_class):

@@ -24,7 +24,7 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#1b1b1b;line-height:1.45}
 h1{font-size:1.7em;margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.92em} td,th{border:1px solid #ccc;padding:.25em .6em;
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em} caption{text-align:left;font-weight:600} td,th{border:1px solid #ccc;padding:.25em .6em;
 text-align:left;vertical-align:top} th{background:#f3f3f3}
 figure{margin:1.2em 0} figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.92em;color:#333;margin-top:.4em}
@@ -53,6 +53,101 @@ class Section:
     @property
     def anchor(self) -> str:
         return f"{self.model}--{self.dataset}"
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list]
+
+
+@dataclass
+class ModuleSection:
+    """A section that a module (a related study, the reductions) adds to the page.
+
+    Modules write it as a JSON manifest with ``write_section_manifest``; the report rule reads every
+    manifest listed in ``REPORT_SECTIONS`` (workflow/rules/common.smk) and renders it after the
+    per-recording sections. Captions, intro and notes are HTML: escape any text that comes from
+    data or config with ``html.escape`` before putting it there.
+    """
+
+    title: str
+    anchor: str
+    intro: str = ""
+    figures: list[Figure] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def write_section_manifest(
+    path: Path | str,
+    *,
+    title: str,
+    anchor: str,
+    intro: str = "",
+    figures: list[Figure] = (),
+    tables: list[Table] = (),
+    notes: list[str] = (),
+) -> None:
+    """Write a module's report section (figures are referenced by path, embedded at render time)."""
+    manifest = {
+        "title": title,
+        "anchor": anchor,
+        "intro": intro,
+        "figures": [
+            {"png": str(f.png), "title": f.title, "caption": f.caption, "id": f.figure_id}
+            for f in figures
+        ],
+        "tables": [{"title": t.title, "columns": list(t.columns), "rows": t.rows} for t in tables],
+        "notes": list(notes),
+    }
+    write_text_atomic(path, json.dumps(manifest, indent=1, default=_json_value))
+
+
+def _json_value(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_section_manifest(path: Path | str) -> ModuleSection:
+    data = json.loads(Path(path).read_text())
+    return ModuleSection(
+        title=data["title"],
+        anchor=data["anchor"],
+        intro=data.get("intro", ""),
+        figures=[
+            Figure(Path(f["png"]), f["title"], f["caption"], f["id"]) for f in data["figures"]
+        ],
+        tables=[Table(t["title"], t["columns"], t["rows"]) for t in data.get("tables", [])],
+        notes=data.get("notes", []),
+    )
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "n/a" if not np.isfinite(value) else f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _data_table(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in table.rows
+    )
+    return (
+        f"<table class='data'><caption>{html.escape(table.title)}</caption>"
+        f"<tr>{head}</tr>{body}</table>"
+    )
+
+
+def _figure(anchor: str, fig: Figure) -> str:
+    return (
+        f"<figure id='{html.escape(anchor)}--{html.escape(fig.figure_id)}' class='panel'>"
+        f"<img alt='{html.escape(fig.title)}' src='{_img(fig.png)}'>"
+        f"<figcaption><b>{html.escape(fig.title)}.</b> {fig.caption}</figcaption></figure>"
+    )
 
 
 def _img(path: Path) -> str:
@@ -90,6 +185,7 @@ def render(
     title: str,
     config: dict,
     benchmarks: list[Path] = (),
+    modules: list[ModuleSection] = (),
 ) -> str:
     """The whole page as one HTML string."""
     run_rows = []
@@ -149,6 +245,7 @@ def render(
             f"<a href='#{s.anchor}'>{html.escape(s.model)} · {html.escape(s.dataset)}</a>"
             for s in sections
         )
+        + "".join(f"<a href='#{html.escape(m.anchor)}'>{html.escape(m.title)}</a>" for m in modules)
         + "</nav>",
         "<h2 id='run'>What was run</h2>",
         _table(run_rows),
@@ -164,12 +261,14 @@ def render(
             f"<h2 id='{html.escape(section.anchor)}'>{html.escape(section.model)} on {html.escape(section.dataset)}</h2>"
         )
         parts += [f"<p class='note'>{note}</p>" for note in notes]
-        for fig in section.figures:
-            parts.append(
-                f"<figure id='{html.escape(section.anchor)}--{html.escape(fig.figure_id)}' class='panel'>"
-                f"<img alt='{html.escape(fig.title)}' src='{_img(fig.png)}'>"
-                f"<figcaption><b>{html.escape(fig.title)}.</b> {fig.caption}</figcaption></figure>"
-            )
+        parts += [_figure(section.anchor, fig) for fig in section.figures]
+    for module in modules:
+        parts.append(f"<h2 id='{html.escape(module.anchor)}'>{html.escape(module.title)}</h2>")
+        if module.intro:
+            parts.append(f"<p>{module.intro}</p>")
+        parts += [f"<p class='note'>{note}</p>" for note in module.notes]
+        parts += [_data_table(table) for table in module.tables]
+        parts += [_figure(module.anchor, fig) for fig in module.figures]
     parts.append("</body></html>")
     return "\n".join(parts)
 

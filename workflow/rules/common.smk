@@ -14,6 +14,9 @@ except ConfigError as error:
 
 RECORDINGS = recordings(config)
 RESULTS = "results"
+# Report sections that modules add: each module's rules file appends the path of the JSON manifest
+# (report.write_section_manifest) its section rule writes, when the module is switched on.
+REPORT_SECTIONS = []
 
 
 wildcard_constraints:

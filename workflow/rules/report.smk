@@ -26,6 +26,7 @@ rule report:
             per_recording(f"{RESULTS}/figures/{{model}}/{{dataset}}/{panel}.png")
             for panel in PANELS
         ],
+        sections=REPORT_SECTIONS,
     output:
         html=f"{RESULTS}/report/index.html",
     log:

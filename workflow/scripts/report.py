@@ -11,6 +11,7 @@ from residual_dynamics.report import (
     Section,
     mean_activation_caption,
     panel_captions,
+    read_section_manifest,
     render,
     write_report,
 )
@@ -35,5 +36,6 @@ page = render(
     title=sm.params.title,
     config=sm.params.config,
     benchmarks=sorted(Path(sm.params.benchmarks).rglob("*.tsv")),
+    modules=[read_section_manifest(path) for path in sm.input.sections],
 )
 write_report(sm.output.html, page)
