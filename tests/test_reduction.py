@@ -81,3 +81,15 @@ def test_samples_with_non_finite_values_are_left_out_whole(low_rank_store, tmp_p
         pca["explained_variance_ratio"].values, reference.explained_variance_ratio_, rtol=1e-6
     )
     assert np.isnan(pca["projection"].values[5]).all() and pca.attrs["n_samples"] == len(bad) - 1
+
+
+def test_figure_4c_reads_at_the_papers_share_of_the_width(low_rank_store):
+    from residual_dynamics.reduction import read_at
+
+    assert read_at(4096) == 100 and read_at(384) == 9 and read_at(24) == 2 and read_at(24, 5) == 5
+    path, _ = low_rank_store
+    pca = pca_fit(path, n_components=8, block_rows=16)
+    assert pca.attrs["read_at"] == 2
+    summary = pca_summary(pca)
+    assert summary["n_components_at"] == 2
+    assert summary["cumulative_at_last"] == pytest.approx(pca["sublayer_cumulative"].values[-1, 1])

@@ -87,6 +87,7 @@ def pca_fit(
     sublayers: str = "paper",
     n_components: int = 100,
     n_projected: int = 10,
+    read_at_components="auto",
     per_sublayer: bool = False,
     block_rows: int | None = None,
     group_mib: float = 512,
@@ -176,6 +177,7 @@ def pca_fit(
             "dataset": group.attrs.get("dataset"),
             "n_samples": n,
             "n_rows": rows_total,
+            "read_at": min(k, read_at(d, read_at_components)),
             "total_variance": total_variance,
             "centring": "global mean over all samples and analysed sublayers",
             "sublayer_cumulative": "share of each sublayer's variance (about its own mean) "
@@ -203,9 +205,18 @@ def _per_sublayer_pca(path, rows, keep_list, d, k, group_mib) -> np.ndarray:
     return out
 
 
-def pca_summary(pca: xr.Dataset, at: int = 100) -> dict:
-    """The numbers the report quotes beside the paper's Figure 4B/4C."""
+def read_at(d_model: int, setting="auto") -> int:
+    """Where Figure 4C reads the curves: the paper's 100 of 4096 units scaled to the width."""
+    if setting == "auto":
+        return max(2, int(round(d_model * 100 / 4096)))
+    return int(setting)
+
+
+def pca_summary(pca: xr.Dataset, at: int | None = None) -> dict:
+    """The numbers the report quotes beside the paper's Figure 4B/4C (read at ``at``
+    components; default: the dataset's own ``read_at`` attribute)."""
     c = pca["sublayer_cumulative"].values
+    at = int(pca.attrs.get("read_at", c.shape[1])) if at is None else at
     col = min(at, c.shape[1]) - 1
     at_k = c[:, col]
     names = list(pca["sublayer"].values)

@@ -1,0 +1,509 @@
+"""Perturbations that re-enter the model (the paper's Figure 4D, and its future work).
+
+A perturbation writes new vectors over the residual stream at the input of decoder layer l, at one
+token position, and runs the rest of the model. ``Reentry`` runs the prompt once, keeping every
+block's output; a perturbation at layer l then swaps blocks 0..l-1 for stand-ins that return the
+cached output of block l-1 (expanded to the batch), so a batch of B perturbed copies costs only
+the blocks from l on. A forward pre-hook on block l writes the vectors; the residual recorder,
+hooked from layer l on, records what follows. Rows before layer l are the control's, by
+construction (a test checks this against a full forward pass).
+
+Recovery: the paper says teleports at mid-depth layers "recover" (end near the control, with low
+spread) while first- and last-layer teleports do not, but defines no number. Here, per layer:
+
+- ``start_distance``: mean |h_pert - h_ctrl| at the perturbed sublayer (how far points were sent);
+- ``distance_after``: the same ``horizon`` sublayers later (clipped at the last sublayer), and
+  ``remaining`` = distance_after / start_distance (below 1: pulled back towards the control);
+- ``end_distance``, ``end_mse``: at the last analysed sublayer, mean distance and mean squared
+  error per unit to the control;
+- ``start_spread_pc``, ``end_spread_pc``: RMS distance of the points from their centroid in
+  PC1/PC2 (the grid's spread, then the end points'), and ``end_spread_ratio`` between them;
+- for causal models, ``kl``: mean KL(p_control || p_perturbed) of the next-token distribution,
+  and ``top1_same``: the share of points whose top next token is the control's.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from .hooks import ResidualRecorder, _first_tensor, architecture_for
+
+log = logging.getLogger(__name__)
+
+PAPER_LAYERS = (0, 7, 15, 23, 31)  # of Llama 3.1 8B's 32
+MEASURES = (
+    "start_distance",
+    "distance_after",
+    "remaining",
+    "end_distance",
+    "end_mse",
+    "start_spread_pc",
+    "end_spread_pc",
+    "end_spread_ratio",
+    "kl",
+    "top1_same",
+)
+
+
+class PerturbationError(ValueError):
+    """Bad perturbation settings for this model; the message names the key and the fix."""
+
+
+def perturbation_layers(n_layers: int, layers="auto") -> list[int]:
+    """The paper's layers scaled to the model's depth, or the configured ones checked."""
+    if layers == "auto":
+        return sorted({int(round(layer * (n_layers - 1) / 31)) for layer in PAPER_LAYERS})
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise PerturbationError(
+            f"perturbation.layers: {bad} beyond the model's depth; it has {n_layers} layers "
+            f"(0..{n_layers - 1}). Use indices below {n_layers}, or 'auto'"
+        )
+    if not layers:
+        raise PerturbationError("perturbation.layers: empty; list at least one layer or 'auto'")
+    return sorted(layers)
+
+
+def teleport_grid(grid_size: int, grid_range) -> np.ndarray:
+    """(grid_size^2, 2) points in PC1/PC2, PC1 varying fastest."""
+    if grid_size < 1:
+        raise PerturbationError(f"perturbation.grid_size: {grid_size}; the grid needs at least 1")
+    low, high = float(grid_range[0]), float(grid_range[1])
+    if not low < high:
+        raise PerturbationError(
+            f"perturbation.grid_range: [{low}, {high}] spans nothing; give r_min < r_max"
+        )
+    axis = np.linspace(low, high, grid_size)
+    pc1, pc2 = np.meshgrid(axis, axis)
+    return np.stack([pc1.ravel(), pc2.ravel()], axis=1)
+
+
+def data_range(projection: np.ndarray) -> tuple[float, float]:
+    """A symmetric range covering the data's trajectories in PC1/PC2 (rounded outwards)."""
+    extent = float(np.nanmax(np.abs(projection[..., :2])))
+    return (-extent, extent)
+
+
+def _expand(output, batch: int):
+    if isinstance(output, torch.Tensor):
+        return output.expand(batch, *output.shape[1:])
+    first = output[0].expand(batch, *output[0].shape[1:])
+    return type(output)((first, *output[1:]))
+
+
+class _CachedBlock(nn.Module):
+    """Stands in for blocks before the perturbed one: returns the cached state, computes nothing."""
+
+    def __init__(self, output, batch: int):
+        super().__init__()
+        self.output = output
+        self.batch = batch
+
+    def forward(self, *args, **kwargs):
+        return _expand(self.output, self.batch)
+
+
+@dataclass
+class Control:
+    rows: torch.Tensor  # (S, D) float32 at the perturbed position, every recorded sublayer
+    logits: torch.Tensor | None  # (V,) float32 for causal models
+
+
+class Reentry:
+    """Perturbations of one token sequence at one position, re-entering the model at a layer."""
+
+    def __init__(self, model, ids, position: int = -1, include_final: bool = True):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.ids = torch.as_tensor([list(ids)], device=self.device)
+        self.position = position % self.ids.shape[1]
+        self.include_final = include_final
+        self.arch = architecture_for(model.config)
+        self.blocks = operator.attrgetter(self.arch.layers)(model.base_model)
+        self.names = ResidualRecorder(model, include_final).names
+        # Next-token logits only where they mean something: a causal model loaded with its head.
+        self.has_logits = self.arch.causal and model.get_output_embeddings() is not None
+        self._outputs: list = [None] * len(self.blocks)
+        handles = [
+            block.register_forward_hook(self._keep_output(i)) for i, block in enumerate(self.blocks)
+        ]
+        try:
+            rows, logits = self._forward(ResidualRecorder(model, include_final), batch=1)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.control = Control(rows[0], None if logits is None else logits[0])
+
+    def _keep_output(self, index: int):
+        def hook(_module, _args, output):
+            self._outputs[index] = output
+
+        return hook
+
+    @torch.inference_mode()
+    def _forward(self, recorder: ResidualRecorder, batch: int):
+        ids = self.ids.expand(batch, -1)
+        with recorder:
+            recorder.set_selector(lambda h: h[:, self.position].float())
+            out = self.model(input_ids=ids, use_cache=False)
+            rows = recorder.take()
+        logits = None
+        if self.has_logits and getattr(out, "logits", None) is not None:
+            logits = out.logits[:, self.position].float()
+        return rows, logits
+
+    def sublayer_index(self, layer: int) -> int:
+        return self.names.index(f"attn{layer}")
+
+    def run(
+        self, layer: int, vectors: torch.Tensor, reuse_cache: bool = True, max_batch: int = 128
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, S, D) rows at the position and (B, V) logits after writing ``vectors`` (B, D) over
+        the input of block ``layer``. ``reuse_cache=False`` runs every block (for checking)."""
+        if not 0 <= layer < len(self.blocks):
+            raise PerturbationError(
+                f"perturbation.layers: {layer} beyond the model's depth ({len(self.blocks)} layers)"
+            )
+        rows, logits = [], []
+        for start in range(0, len(vectors), max_batch):
+            part = vectors[start : start + max_batch]
+            r, lg = self._run_batch(layer, part, reuse_cache)
+            rows.append(r)
+            logits.append(lg)
+        return torch.cat(rows), (None if logits[0] is None else torch.cat(logits))
+
+    def _run_batch(self, layer: int, vectors: torch.Tensor, reuse_cache: bool):
+        batch = len(vectors)
+        vectors = vectors.to(self.device)
+
+        def write(_module, args, kwargs):
+            h = _first_tensor(args, kwargs).clone()
+            h[:, self.position] = vectors.to(h.dtype)
+            if args:
+                return (h, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": h}
+
+        first = layer if reuse_cache else 0
+        originals = list(self.blocks[:first])
+        handle = self.blocks[layer].register_forward_pre_hook(write, with_kwargs=True, prepend=True)
+        try:
+            for i in range(first):
+                self.blocks[i] = _CachedBlock(self._outputs[layer - 1], batch)
+            rows, logits = self._forward(
+                ResidualRecorder(self.model, self.include_final, first_layer=first), batch
+            )
+        finally:
+            handle.remove()
+            for i, block in enumerate(originals):
+                self.blocks[i] = block
+        if first > 0:
+            before = self.control.rows[: self.sublayer_index(first)]
+            rows = torch.cat([before.expand(batch, -1, -1), rows], dim=1)
+        return rows, logits
+
+
+def _kl(control: torch.Tensor, perturbed: torch.Tensor) -> np.ndarray:
+    p = torch.log_softmax(control.double(), -1)
+    q = torch.log_softmax(perturbed.double(), -1)
+    return (p.exp() * (p - q)).sum(-1).numpy()
+
+
+def recovery_measures(
+    rows: np.ndarray,
+    control: np.ndarray,
+    start: int,
+    horizon: int,
+    project,
+    logits: torch.Tensor | None = None,
+    control_logits: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """The measures in the module docstring, for B perturbed rows (B, S, D) against (S, D)."""
+    after = min(start + horizon, rows.shape[1] - 1)
+    dist = np.linalg.norm(rows - control[None], axis=-1)  # (B, S)
+    start_pc, end_pc = project(rows[:, start]), project(rows[:, -1])
+
+    def spread(points):
+        return float(np.sqrt(((points - points.mean(axis=0)) ** 2).sum(axis=1).mean()))
+
+    out = {
+        "start_distance": float(dist[:, start].mean()),
+        "distance_after": float(dist[:, after].mean()),
+        "end_distance": float(dist[:, -1].mean()),
+        "end_mse": float(((rows[:, -1] - control[-1]) ** 2).mean()),
+        "start_spread_pc": spread(start_pc),
+        "end_spread_pc": spread(end_pc),
+        "kl": float("nan"),
+        "top1_same": float("nan"),
+    }
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["remaining"] = out["distance_after"] / out["start_distance"]
+        out["end_spread_ratio"] = out["end_spread_pc"] / out["start_spread_pc"]
+    if logits is not None and control_logits is not None:
+        out["kl"] = float(_kl(control_logits[None].cpu(), logits.cpu()).mean())
+        out["top1_same"] = float(
+            (logits.argmax(-1).cpu() == control_logits.argmax(-1).cpu()).float().mean()
+        )
+    return out
+
+
+@dataclass
+class PcaBasis:
+    mean: np.ndarray  # (D,)
+    components: np.ndarray  # (2, D)
+    sublayers: list[str]
+
+    def to_model(self, z: np.ndarray) -> np.ndarray:
+        return z @ self.components + self.mean
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) @ self.components.T
+
+
+def perturb_sequence(
+    reentry: Reentry,
+    basis: PcaBasis,
+    layers: list[int],
+    grid: np.ndarray,
+    horizon: int,
+    noise_scales=(),
+    noise_draws: int = 0,
+    swap_states: dict[int, np.ndarray] | None = None,
+    seed: int = 0,
+) -> dict:
+    """Teleports (and noise and swaps) at each layer; paths in PC1/PC2 and the measures."""
+    keep = [reentry.names.index(n) for n in basis.sublayers]
+    control = reentry.control.rows.cpu().numpy()[keep]
+    rng = np.random.default_rng(seed)
+    kinds = (
+        ["teleport"] + [f"noise_{s:g}" for s in noise_scales] + (["swap"] if swap_states else [])
+    )
+    measures = np.full((len(kinds), len(layers), len(MEASURES)), np.nan)
+    paths = np.full((len(layers), len(grid), len(keep), 2), np.nan, dtype=np.float32)
+    for li, layer in enumerate(layers):
+        start = basis.sublayers.index(f"attn{layer}")
+        h = reentry.control.rows[reentry.sublayer_index(layer)].cpu().numpy()
+        batches = {"teleport": basis.to_model(grid)}
+        for scale in noise_scales:
+            noise = rng.normal(size=(noise_draws, h.shape[0])) * scale * np.linalg.norm(h)
+            batches[f"noise_{scale:g}"] = h + noise / np.sqrt(h.shape[0])
+        if swap_states:
+            batches["swap"] = swap_states[layer]
+        for ki, kind in enumerate(kinds):
+            rows, logits = reentry.run(layer, torch.as_tensor(batches[kind], dtype=torch.float32))
+            rows = rows.cpu().numpy()[:, keep]
+            values = recovery_measures(
+                rows, control, start, horizon, basis.project, logits, reentry.control.logits
+            )
+            measures[ki, li] = [values[m] for m in MEASURES]
+            if kind == "teleport":
+                paths[li] = basis.project(rows)
+    return {
+        "kinds": kinds,
+        "measures": measures,
+        "paths": paths,
+        "control_path": basis.project(control).astype(np.float32),
+    }
+
+
+def perturbation_dataset(
+    result: dict,
+    layers: list[int],
+    grid: np.ndarray,
+    basis: PcaBasis,
+    dataset_measures: np.ndarray | None,
+    attrs: dict,
+) -> xr.Dataset:
+    data = {
+        "measures": (("kind", "layer", "measure"), result["measures"]),
+        "teleport_path": (("layer", "point", "sublayer", "pc"), result["paths"]),
+        "control_path": (("sublayer", "pc"), result["control_path"]),
+        "grid": (("point", "pc"), grid),
+    }
+    if dataset_measures is not None:
+        data["dataset_measures"] = (("text", "layer", "measure"), dataset_measures)
+    return xr.Dataset(
+        data,
+        coords={
+            "kind": result["kinds"],
+            "layer": layers,
+            "measure": list(MEASURES),
+            "sublayer": basis.sublayers,
+            "pc": [1, 2],
+            "point": np.arange(len(grid)),
+        },
+        attrs=attrs,
+    )
+
+
+def recovery_summary(perturbation: xr.Dataset) -> dict:
+    """Per-layer recovery numbers and whether mid-depth teleports recover more (paper's claim)."""
+    teleport = perturbation["measures"].sel(kind="teleport")
+    layers = [int(x) for x in perturbation["layer"].values]
+    table = {
+        str(layer): {m: float(teleport.sel(layer=layer, measure=m)) for m in MEASURES}
+        for layer in layers
+    }
+    out = {"layers": layers, "per_layer": table, "mid_recovers_more": None}
+    if "dataset_measures" in perturbation:
+        mean = perturbation["dataset_measures"].mean("text")
+        out["dataset_per_layer"] = {
+            str(layer): {m: float(mean.sel(layer=layer, measure=m)) for m in MEASURES}
+            for layer in layers
+        }
+    if len(layers) >= 3:
+        verdicts = {}
+        for measure in ("end_mse", "end_spread_ratio", "kl"):
+            values = np.array([table[str(layer)][measure] for layer in layers])
+            if np.isnan(values).all():
+                continue
+            mid = float(np.nanmean(values[1:-1]))
+            edges = float(np.nanmean(values[[0, -1]]))
+            verdicts[measure] = {"mid": mid, "first_last": edges, "mid_lower": bool(mid < edges)}
+        out["verdicts"] = verdicts
+        out["mid_recovers_more"] = (
+            all(v["mid_lower"] for v in verdicts.values()) if verdicts else None
+        )
+    return out
+
+
+def _token_ids(tokenizer, texts, *, add_bos, max_tokens, dataset, shuffle_seeds=None):
+    from .extract import shuffle_tokens, tokenise
+
+    ids = tokenise(
+        tokenizer,
+        texts,
+        add_bos=add_bos,
+        max_tokens=max_tokens,
+        on_overflow="truncate",
+        dataset=dataset,
+    ).ids
+    if shuffle_seeds is not None:
+        ids = shuffle_tokens(tokenizer, ids, shuffle_seeds)
+    return ids
+
+
+def run_perturbations(
+    *,
+    model_name: str,
+    model_spec: dict,
+    store_path,
+    pca: xr.Dataset,
+    dataset_path,
+    settings: dict,
+    include_final: bool = True,
+    progress: bool = True,
+) -> xr.Dataset:
+    """Everything the perturb rule does: the model, the PCA basis and the settings in, the
+    perturbation dataset out. Raises PerturbationError before any work for bad settings."""
+    from tqdm.auto import tqdm
+
+    from . import datasets as ds
+    from .extract import resolve_add_bos
+    from .models import context_window, load_model, model_location
+    from .store import open_store
+
+    names = list(pca["sublayer"].values)
+    if settings["grid_range"] is None:
+        grid_range = data_range(pca["projection"].values)
+    else:
+        grid_range = settings["grid_range"]
+    grid = teleport_grid(settings["grid_size"], grid_range)
+    from transformers import AutoConfig
+
+    location, revision, _ = model_location(model_name, model_spec)
+    config = AutoConfig.from_pretrained(
+        location, revision=revision, trust_remote_code=model_spec.get("trust_remote_code", False)
+    )
+    layers = perturbation_layers(int(config.num_hidden_layers), settings["layers"])
+    causal = architecture_for(config).causal
+    loaded = load_model(model_name, model_spec, device=settings["device"], with_head=causal)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    add_bos = resolve_add_bos(tokenizer, model_spec.get("add_bos", "auto"))
+    max_tokens = context_window(model, tokenizer)
+    basis = PcaBasis(
+        mean=pca["mean"].values.astype(np.float64),
+        components=pca["components"].values[:2].astype(np.float64),
+        sublayers=names,
+    )
+    group = open_store(store_path)
+    store_names = list(group.attrs["sublayers"])
+    resid = group["resid"]
+    rng = np.random.default_rng(settings["seed"])
+    swap_states = None
+    if settings["n_swaps"]:
+        chosen = np.sort(
+            rng.choice(resid.shape[0], min(settings["n_swaps"], resid.shape[0]), replace=False)
+        )
+        swap_states = {
+            layer: np.asarray(
+                resid.oindex[chosen, store_names.index(f"attn{layer}"), :], np.float64
+            )
+            for layer in layers
+        }
+    control_ids = _token_ids(
+        tokenizer,
+        [settings["control_prompt"]],
+        add_bos=add_bos,
+        max_tokens=max_tokens,
+        dataset="perturbation.control_prompt",
+    )[0]
+    log.info(
+        "teleports at layers %s, %d grid points over %s, control prompt of %d tokens",
+        layers,
+        len(grid),
+        [round(float(x), 3) for x in grid_range],
+        len(control_ids),
+    )
+    common = dict(layers=layers, grid=grid, horizon=settings["horizon"])
+    result = perturb_sequence(
+        Reentry(model, control_ids, include_final=include_final),
+        basis,
+        noise_scales=settings["noise_scales"],
+        noise_draws=settings["noise_draws"],
+        swap_states=swap_states,
+        seed=settings["seed"],
+        **common,
+    )
+    dataset_measures = None
+    if settings["n_dataset_samples"]:
+        frame, _ = ds.read_dataset(dataset_path)
+        picks = np.sort(
+            rng.choice(len(frame), min(settings["n_dataset_samples"], len(frame)), replace=False)
+        )
+        part = frame.iloc[picks]
+        shuffled = bool(part["shuffle_tokens"].any())
+        ids = _token_ids(
+            tokenizer,
+            part["text"].tolist(),
+            add_bos=add_bos,
+            max_tokens=max_tokens,
+            dataset=str(dataset_path),
+            shuffle_seeds=part["shuffle_seed"].tolist() if shuffled else None,
+        )
+        dataset_measures = np.stack(
+            [
+                perturb_sequence(Reentry(model, seq, include_final=include_final), basis, **common)[
+                    "measures"
+                ][0]
+                for seq in tqdm(ids, desc="teleports on dataset texts", disable=not progress)
+            ]
+        )
+    attrs = {
+        "model": model_name,
+        "dataset": str(group.attrs.get("dataset")),
+        "control_prompt": settings["control_prompt"],
+        "control_tokens": len(control_ids),
+        "horizon": settings["horizon"],
+        "grid_range": [float(x) for x in grid_range],
+        "grid_size": settings["grid_size"],
+        "causal": bool(causal),
+        "n_layers": int(config.num_hidden_layers),
+    }
+    return perturbation_dataset(result, layers, grid, basis, dataset_measures, attrs)

@@ -1,0 +1,15 @@
+"""Rule figure_3: the panels of Figure 3 (B-D) from the CAE's test-set evaluation."""
+
+import xarray as xr
+
+from residual_dynamics.figures import figure_3
+from residual_dynamics.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+figure_3(
+    xr.open_zarr(snakemake.input.cae).load(),
+    outputs=dict(snakemake.output.items()),
+    formats=snakemake.params.formats,
+    dpi=snakemake.params.dpi,
+    label=f"{snakemake.wildcards.model} on {snakemake.wildcards.dataset}",
+)

@@ -1,0 +1,16 @@
+"""Rule figure_4d: teleports in PC space (Figure 4D) and recovery per layer (4E)."""
+
+import xarray as xr
+
+from residual_dynamics.figures import figure_4d
+from residual_dynamics.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+figure_4d(
+    xr.open_zarr(snakemake.input.pca).load(),
+    xr.open_zarr(snakemake.input.perturbation).load(),
+    outputs=dict(snakemake.output.items()),
+    formats=snakemake.params.formats,
+    dpi=snakemake.params.dpi,
+    label=f"{snakemake.wildcards.model} on {snakemake.wildcards.dataset}",
+)

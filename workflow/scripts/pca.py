@@ -1,0 +1,31 @@
+"""Rule pca: global PCA of a store over all samples and sublayers (Figure 4A-4C), out of core."""
+
+from residual_dynamics.logs import setup_logging
+from residual_dynamics.reduction import pca_fit
+from residual_dynamics.stats import write_dataset_atomic
+from residual_dynamics.transitions import dask_client
+
+
+def main(sm) -> None:
+    setup_logging(sm.log[0])
+    settings, dask_settings = sm.params.settings, sm.params.dask
+    with dask_client(
+        threads=sm.threads,
+        address=dask_settings["scheduler_address"],
+        memory_limit=dask_settings["memory_limit"],
+    ):
+        pca = pca_fit(
+            sm.input.store,
+            sublayers=sm.params.sublayers,
+            n_components=settings["n_components"],
+            n_projected=settings["n_projected"],
+            read_at_components=settings["read_at"],
+            per_sublayer=settings["per_sublayer"],
+            block_rows=settings["block_rows"],
+        )
+    write_dataset_atomic(pca, sm.output.pca)
+
+
+# Dask's worker processes are spawned and re-import this file: only the job's process runs it.
+if __name__ == "__main__":
+    main(snakemake)

@@ -1,0 +1,17 @@
+"""Rule reduction_summary: the numbers of Figures 3 and 4 in one JSON for the report."""
+
+import xarray as xr
+
+from residual_dynamics.logs import setup_logging
+from residual_dynamics.summary import reduction_summary, write_json
+
+sm = snakemake
+setup_logging(sm.log[0])
+write_json(
+    reduction_summary(
+        xr.open_zarr(sm.input.pca).load(),
+        xr.open_zarr(sm.input.cae[0]).load() if sm.input.cae else None,
+        xr.open_zarr(sm.input.perturbation[0]).load() if sm.input.perturbation else None,
+    ),
+    sm.output.summary,
+)
