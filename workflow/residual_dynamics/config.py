@@ -15,8 +15,8 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
-MODEL_SOURCES = ("hub", "path", "package")
-DATASET_SOURCES = ("builtin", "hf", "file", "variant_of")
+MODEL_SOURCES = ("hub", "path", "package", "train")
+DATASET_SOURCES = ("builtin", "hf", "file", "variant_of", "task")
 
 
 class ConfigError(ValueError):
@@ -43,7 +43,10 @@ def load_schema() -> dict:
     """
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     for fragment_path in sorted(MODULE_SCHEMAS.glob("*.yaml")):
-        fragment = yaml.safe_load(fragment_path.read_text()) or {}
+        try:
+            fragment = yaml.safe_load(fragment_path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{fragment_path}: not valid YAML ({error})") from None
         for part in ("properties", "$defs"):
             for key, value in fragment.get(part, {}).items():
                 if key in schema.setdefault(part, {}):
@@ -131,6 +134,8 @@ def _check_references(config: dict, base_dir: Path) -> list[str]:
             )
         if "revision" in spec and spec["revision"] is not None and "hub" not in spec:
             problems.append(f"models.{name}.revision: only meaningful with models.{name}.hub")
+        if "train" in spec:
+            problems += _check_train(name, spec["train"], datasets)
     for name, spec in datasets.items():
         sources = [s for s in DATASET_SOURCES if s in spec]
         if len(sources) != 1:
@@ -154,6 +159,8 @@ def _check_references(config: dict, base_dir: Path) -> list[str]:
                 problems.append(
                     f"datasets.{name}.variant_of: '{parent}' is itself a variant; name its parent"
                 )
+        if "task" in spec:
+            problems += _check_task(name, spec)
         if "file" in spec:
             path = base_dir / Path(spec["file"]["path"]).expanduser()
             if not path.exists():
@@ -173,6 +180,50 @@ def _check_references(config: dict, base_dir: Path) -> list[str]:
     return problems
 
 
+def _check_train(name: str, train: dict, datasets: dict) -> list[str]:
+    """A `train:` model learns from a dataset defined in the config (a task or texts)."""
+    key = f"models.{name}.train"
+    data = train.get("data")
+    if data not in datasets:
+        close = difflib.get_close_matches(str(data), list(datasets), n=1)
+        return [
+            f"{key}.data: no dataset named '{data}'"
+            + (f" (did you mean '{close[0]}'?)" if close else "")
+            + f"; defined: {', '.join(sorted(datasets)) or 'none'}"
+        ]
+    problems = []
+    if "variant_of" in datasets[data]:
+        problems.append(f"{key}.data: '{data}' is a variant; train on its parent dataset")
+    if train.get("d_model", 1) % train.get("n_heads", 1):
+        problems.append(
+            f"{key}.d_model ({train['d_model']}) must be a multiple of {key}.n_heads "
+            f"({train['n_heads']})"
+        )
+    task = datasets[data].get("task")
+    if task is not None and train.get("context", 0) < task.get("length", 0) + 1:
+        problems.append(
+            f"{key}.context ({train['context']}) is shorter than a sequence of datasets.{data} "
+            f"with BOS ({task['length'] + 1} tokens); raise it"
+        )
+    return problems
+
+
+def _check_task(name: str, spec: dict) -> list[str]:
+    from .tasks import AffineTask, TaskError
+
+    problems = []
+    if spec.get("n_samples") is not None:
+        problems.append(
+            f"datasets.{name}.n_samples: not used by a task dataset; set "
+            f"datasets.{name}.task.n_sequences instead"
+        )
+    try:
+        AffineTask.from_spec(spec["task"], where=f"datasets.{name}.task")
+    except TaskError as error:
+        problems.append(str(error))
+    return problems
+
+
 def validate_config(config: dict, base_dir: Path | str = ".") -> dict:
     """Return a validated copy of ``config`` with every default filled in, or raise ConfigError."""
     if not isinstance(config, dict):
@@ -184,9 +235,26 @@ def validate_config(config: dict, base_dir: Path | str = ".") -> dict:
     if problems:
         raise ConfigError(problems)
     problems = _check_references(filled, Path(base_dir))
+    problems += _check_modules(filled)
     if problems:
         raise ConfigError(problems)
     return filled
+
+
+def _check_modules(config: dict) -> list[str]:
+    """Checks of module sections that a schema cannot express."""
+    problems = []
+    perturbation = config.get("perturbation", {})
+    grid_range = perturbation.get("grid_range")
+    if grid_range is not None and not grid_range[0] < grid_range[1]:
+        problems.append(
+            f"perturbation.grid_range: {grid_range} spans nothing; give [r_min, r_max] with "
+            "r_min < r_max, or null to span the data's own extent in PC1/PC2"
+        )
+    layers = perturbation.get("layers", "auto")
+    if isinstance(layers, list) and len(set(layers)) != len(layers):
+        problems.append(f"perturbation.layers: {layers} repeats a layer; list each once")
+    return problems
 
 
 def recordings(config: dict) -> list[tuple[str, str]]:

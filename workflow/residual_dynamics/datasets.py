@@ -8,7 +8,10 @@ schema with its defaults filled in) names exactly one source:
 * ``hf: {...}`` -- a Hugging Face dataset loaded with ``datasets.load_dataset``;
 * ``file: {...}`` -- a local txt / jsonl / parquet file;
 * ``variant_of: <name>`` -- the same texts as another dataset (used for the token-shuffled
-  control, ``shuffle_tokens: true``).
+  control, ``shuffle_tokens: true``);
+* ``task: {...}`` -- generated sequences of a synthetic task (``tasks``: affine recurrences), one
+  text per sequence; the length filter, dedupe and ``n_samples`` do not apply (the task block
+  says how many), and the frame carries each sequence's (a, b).
 
 The texts are stripped, empty ones dropped, optionally deduplicated, filtered on length
 (``min_chars < len(text) < max_chars``, strict as in the paper) and optionally subsampled with a
@@ -36,7 +39,7 @@ import pyarrow.parquet as pq
 logger = logging.getLogger(__name__)
 
 METADATA_KEY = b"residual_dynamics"
-SOURCE_KEYS = ("builtin", "hf", "file", "variant_of")
+SOURCE_KEYS = ("builtin", "hf", "file", "variant_of", "task")
 BUILTINS = ("pydoc_topics",)
 COLUMNS = ("text_id", "text", "n_chars", "shuffle_tokens", "shuffle_seed")
 
@@ -235,6 +238,10 @@ def load_texts(name: str, spec: dict) -> list[str]:
         texts = _load_hf(name, spec["hf"])
     elif source == "file":
         texts = _load_file(name, spec["file"])
+    elif source == "task":
+        from .tasks import task_frame
+
+        texts = list(task_frame(name, spec, _check_seed(name, spec.get("seed", 0)))["text"])
     else:
         raise DatasetError(
             f"datasets.{name}: `variant_of` datasets take their texts from the parent "
@@ -321,6 +328,16 @@ def prepare_dataset(name: str, spec: dict, parent: pd.DataFrame | None = None) -
             shuffle_tokens,
         )
         return df
+
+    if source == "task":
+        from .tasks import task_frame
+
+        frame = task_frame(name, spec, seed)
+        extra = _frame(frame["text_id"].to_numpy(), list(frame["text"]), shuffle_tokens, seed)
+        for column in ("a", "b"):
+            extra[column] = frame[column].to_numpy()
+        logger.info("datasets.%s: generated %d task sequences", name, len(extra))
+        return extra
 
     texts = load_texts(name, spec)
     if spec.get("dedupe", True):

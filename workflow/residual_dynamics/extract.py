@@ -4,9 +4,14 @@ Order of work, chosen for throughput with bounded memory:
 - texts are tokenised up front (cheap), and the rows to record are laid out (one per text for
   ``last``; several for ``all`` or a list of positions);
 - texts are processed in blocks that fill whole store chunks; inside a block they are sorted by
-  length so batches carry little padding, and the block is written once, in dataset order;
+  length so batches carry little padding, and the block is written once, in dataset order,
+  by a background thread while the next block runs;
 - hooks gather only the recorded positions, on the device, so (batch, seq, d) tensors are never
-  copied out.
+  copied out;
+- on a GPU the gathered rows go to pinned host memory on a side CUDA stream while the next batch's
+  forward runs (:class:`HostCopy`); on the CPU they are host memory already and nothing changes;
+- a model larger than one GPU is spread over the visible GPUs (and, at worst, host memory) with
+  ``device_map="auto"`` (:func:`choose_device_map`); hooks then gather on each layer's own device.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,12 +181,78 @@ def plan_blocks(
     return blocks
 
 
+def _gather(rows_b: torch.Tensor, rows_t: torch.Tensor, out_device: torch.device):
+    """The hook's selector: the recorded (batch, token) rows of a (batch, seq, d) state, as
+    float32 on ``out_device``. With one device both ``.to`` calls are no-ops; a model spread over
+    GPUs (device_map) has states on several, so the indices follow the state and the rows come back
+    to the input device (a few KiB per sublayer, never the whole state)."""
+    index = {rows_b.device: (rows_b, rows_t)}
+
+    def select(h: torch.Tensor) -> torch.Tensor:
+        if h.device not in index:
+            index[h.device] = (rows_b.to(h.device), rows_t.to(h.device))
+        b, t = index[h.device]
+        return h[b, t].float().to(out_device)
+
+    return select
+
+
+class HostCopy:
+    """Moves gathered rows from the model's device to host memory.
+
+    On CUDA, :meth:`start` queues the copy into pinned host memory on a side stream, ordered after
+    the forward by an event, and returns at once: the next batch's forward is queued while the
+    copy runs, and :meth:`Pending.numpy` waits for it. On the CPU the rows are host memory
+    already and :meth:`start` hands them back as they are (the CPU path does no extra work).
+    """
+
+    def __init__(self, device: torch.device):
+        self.asynchronous = device.type == "cuda"
+        self.stream = torch.cuda.Stream(device=device) if self.asynchronous else None
+
+    def start(self, rows: torch.Tensor) -> Pending:
+        if not self.asynchronous:
+            return Pending(rows.cpu())
+        ready = torch.cuda.Event()
+        # On the compute stream, after the kernels that produce ``rows``.
+        ready.record(torch.cuda.current_stream(rows.device))
+        host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+        with torch.cuda.stream(self.stream):
+            self.stream.wait_event(ready)
+            host.copy_(rows, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        # ``rows`` is kept alive until the copy is done, so the allocator cannot hand its memory
+        # to the next forward while the side stream still reads it.
+        return Pending(host, done, rows)
+
+
+@dataclass
+class Pending:
+    """Rows on their way to the host; ``numpy()`` waits for the copy to finish."""
+
+    host: torch.Tensor
+    done: object | None = None
+    source: torch.Tensor | None = None
+
+    def numpy(self) -> np.ndarray:
+        if self.done is not None:
+            self.done.synchronize()
+            self.done, self.source = None, None
+        return self.host.numpy()
+
+
 class Extractor:
     """Runs a model over token sequences and returns the residual stream at chosen positions."""
 
     def __init__(self, model, pad_id: int, padding_side: str = "right", include_final: bool = True):
         self.model = model
-        self.device = next(model.parameters()).device
+        # Inputs go where the embeddings are: the first device of a model spread over several.
+        embeddings = (
+            model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        )
+        weight = getattr(embeddings, "weight", None)
+        self.device = weight.device if weight is not None else next(model.parameters()).device
         self.pad_id = pad_id
         self.padding_side = padding_side
         self.recorder = ResidualRecorder(model, include_final=include_final)
@@ -208,9 +281,24 @@ class Extractor:
             # Positions count real tokens only, so left padding does not shift them.
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
         with self.recorder:
-            self.recorder.set_selector(lambda h: h[rows_b, rows_t].float())
+            self.recorder.set_selector(_gather(rows_b, rows_t, self.device))
             self.model(**kwargs, use_cache=False)
             return self.recorder.take()
+
+
+def _write_block(resid, rows: slice, buffer: np.ndarray, store_dtype: str) -> None:
+    resid[rows] = buffer.astype(store_dtype, copy=False)
+
+
+def _scatter(buffer, row_start, first_text, per_text, batch: list[int], pending: Pending) -> None:
+    """Put one batch's rows (sorted by length) at their texts' places in the block's buffer."""
+    rows = pending.numpy()
+    cursor = 0
+    for i in batch:
+        k = len(per_text[i])
+        start = row_start[i] - row_start[first_text]
+        buffer[start : start + k] = rows[cursor : cursor + k]
+        cursor += k
 
 
 def extract_to_store(
@@ -227,11 +315,14 @@ def extract_to_store(
     batch_size: int = 32,
     max_batch_tokens: int = 16384,
     progress: bool = True,
+    host_copy: HostCopy | None = None,
 ) -> Path:
     """Record ``seqs`` into a store at ``out_path`` (built at a temporary path, then renamed).
 
     ``row_meta`` holds per-text arrays (``text_id``, ``text_index``, ``truncated``) copied onto
-    every row recorded from that text.
+    every row recorded from that text. ``host_copy`` moves rows to the host (default: a
+    :class:`HostCopy` for the extractor's device); one batch's copy stays in flight while the
+    next batch runs.
     """
     d_model = extractor.model.config.hidden_size
     per_text = [resolve_positions(positions, len(s)) for s in seqs]
@@ -245,6 +336,7 @@ def extract_to_store(
         )
     itemsize = np.dtype(store_dtype).itemsize
     chunk_rows = chunk_rows or chunk_rows_for(d_model, itemsize, chunk_mib, n_rows)
+    host_copy = host_copy or HostCopy(extractor.device)
     tmp = temporary_path(out_path)
     group = create_store(tmp, n_rows, extractor.sublayers, d_model, store_dtype, chunk_rows, attrs)
     resid = group["resid"]
@@ -269,31 +361,45 @@ def extract_to_store(
         mininterval=0.5 if sys.stderr.isatty() else 10,
         disable=not progress,
     )
-    for text, block_end, batches in plan_blocks(
-        lengths, per_text, chunk_rows, batch_size, max_batch_tokens
-    ):
-        buffer = np.empty(
-            (row_start[block_end] - row_start[text], len(extractor.sublayers), d_model), np.float32
-        )
-        for batch in batches:
-            rows = extractor.run_batch([seqs[i] for i in batch], [per_text[i] for i in batch])
-            rows = rows.cpu().numpy()
-            cursor = 0
-            for i in batch:
-                k = len(per_text[i])
-                start = row_start[i] - row_start[text]
-                buffer[start : start + k] = rows[cursor : cursor + k]
-                cursor += k
-            bar.update(len(batch))
-        if not np.isfinite(buffer).all():
-            log.warning(
-                "non-finite values in rows %d..%d of %s (overflow in %s?)",
-                row_start[text],
-                row_start[block_end],
-                out_path.name,
-                attrs.get("dtype"),
+    # The store is written by one background thread, one block at a time, while the next
+    # block's forwards run: at most two blocks of rows are held, and a fast GPU does not wait
+    # for chunk encoding and the filesystem.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as writer:
+        writing = None
+        for text, block_end, batches in plan_blocks(
+            lengths, per_text, chunk_rows, batch_size, max_batch_tokens
+        ):
+            buffer = np.empty(
+                (row_start[block_end] - row_start[text], len(extractor.sublayers), d_model),
+                np.float32,
             )
-        resid[row_start[text] : row_start[block_end]] = buffer.astype(store_dtype, copy=False)
+            in_flight: deque[tuple[list[int], Pending]] = deque()
+            for batch in batches:
+                rows = extractor.run_batch([seqs[i] for i in batch], [per_text[i] for i in batch])
+                in_flight.append((batch, host_copy.start(rows)))
+                # Keep the newest copy in flight while the next forward is queued.
+                while len(in_flight) > 1:
+                    done, pending = in_flight.popleft()
+                    _scatter(buffer, row_start, text, per_text, done, pending)
+                    bar.update(len(done))
+            while in_flight:
+                done, pending = in_flight.popleft()
+                _scatter(buffer, row_start, text, per_text, done, pending)
+                bar.update(len(done))
+            if not np.isfinite(buffer).all():
+                log.warning(
+                    "non-finite values in rows %d..%d of %s (overflow in %s?)",
+                    row_start[text],
+                    row_start[block_end],
+                    out_path.name,
+                    attrs.get("dtype"),
+                )
+            if writing is not None:
+                writing.result()  # the previous block is written (and its errors raised)
+            rows_range = slice(int(row_start[text]), int(row_start[block_end]))
+            writing = writer.submit(_write_block, resid, rows_range, buffer, store_dtype)
+        if writing is not None:
+            writing.result()
     bar.close()
     finalise(tmp, out_path)
     return out_path
@@ -329,6 +435,55 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def weight_bytes(name: str, spec: dict) -> int:
+    """Bytes of the (base) model's weights in the spec's dtype, from its config alone: the model
+    is built on the meta device, so nothing is downloaded but config.json and nothing allocated."""
+    from transformers import AutoConfig, AutoModel
+
+    from .models import DTYPES, model_location
+
+    location, revision, _ = model_location(name, spec)
+    trust = spec.get("trust_remote_code", False)
+    config = AutoConfig.from_pretrained(location, revision=revision, trust_remote_code=trust)
+    with torch.device("meta"):
+        model = AutoModel.from_config(
+            config, dtype=DTYPES[spec.get("dtype", "float32")], trust_remote_code=trust
+        )
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def fits_on_one_device(need_bytes: int, free_bytes: int, headroom: float = 0.8) -> bool:
+    """Whether weights of ``need_bytes`` leave room for activations on a device with
+    ``free_bytes`` free: they may take at most ``headroom`` of it."""
+    return need_bytes <= headroom * free_bytes
+
+
+def choose_device_map(name: str, spec: dict, requested: str = "auto") -> str | None:
+    """``"auto"`` when extraction runs on a GPU and the model's weights do not fit on it (so
+    accelerate spreads the layers over every visible GPU, then host memory); None otherwise, and
+    the model is moved whole to the one device."""
+    from .models import resolve_device
+
+    device = resolve_device(requested)
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    need = weight_bytes(name, spec)
+    if fits_on_one_device(need, free):
+        return None
+    log.info(
+        "models.%s: %.1f GiB of weights do not fit on %s (%.1f GiB free): device_map='auto' "
+        "over %d GPU(s)",
+        name,
+        need / 2**30,
+        device,
+        free / 2**30,
+        torch.cuda.device_count(),
+    )
+    return "auto"
+
+
 def record_activations(
     *,
     model_name: str,
@@ -347,7 +502,8 @@ def record_activations(
     frame, meta = ds.read_dataset(dataset_path)
     if len(frame) == 0:
         raise ExtractionError(f"dataset '{dataset_name}' ({dataset_path}) has no texts")
-    loaded = load_model(model_name, model_spec, device=extraction["device"])
+    device_map = choose_device_map(model_name, model_spec, extraction["device"])
+    loaded = load_model(model_name, model_spec, device=extraction["device"], device_map=device_map)
     tokenizer, model = loaded.tokenizer, loaded.model
     window = context_window(model, tokenizer)
     max_tokens = min(extraction.get("max_tokens") or window, window)

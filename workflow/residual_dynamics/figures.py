@@ -98,3 +98,98 @@ def figure_2(means, rotations, *, outputs: dict, formats, dpi: int) -> None:
     }
     for key, make in panels.items():
         plotting.save(make(), _paths(outputs[key], formats), dpi=dpi)
+
+
+def figure_3(cae: xr.Dataset, *, outputs: dict, formats, dpi: int, label: str) -> None:
+    """Figure 3B-3D from the CAE's test-set evaluation."""
+    from . import plotting_reduction as pr
+    from .transitions import transition_kind
+
+    names = list(cae["sublayer"].values)
+    n_test = cae.sizes["sample"]
+    panels = {
+        "fig3b": lambda: pr.trajectories(
+            cae["latent"].values,
+            names,
+            title=f"CAE latent trajectories (mean coloured by sublayer), {label}, {n_test} test samples",
+            axis_label="latent",
+        ),
+        "fig3c": lambda: pr.latent_steps(
+            cae["mean_latent_step"].values,
+            transition_kind(names),
+            title=f"Latent distance between successive sublayers (mean trajectory), {label}",
+        ),
+        "fig3d": lambda: pr.explained_variance_band(
+            cae["explained_variance"].values,
+            cae["r2"].values,
+            names,
+            title=f"CAE reconstruction: explained variance per sublayer, {label}",
+        ),
+    }
+    for key, make in panels.items():
+        plotting.save(make(), _paths(outputs[key], formats), dpi=dpi)
+
+
+def figure_4abc(pca: xr.Dataset, *, outputs: dict, formats, dpi: int, label: str) -> None:
+    """Figure 4A-4C from the global PCA."""
+    from . import plotting_reduction as pr
+
+    names = list(pca["sublayer"].values)
+    own = pca["sublayer_cumulative_own"].values if "sublayer_cumulative_own" in pca else None
+    at = int(pca.attrs.get("read_at", pca.sizes["n_components"]))
+    ratio = pca["explained_variance_ratio"].values
+    panels = {
+        "fig4a": lambda: pr.trajectories(
+            pca["projection"].values,
+            names,
+            title=f"Trajectories in PC1/PC2 ({100 * ratio[0]:.1f} %, {100 * ratio[1]:.1f} % of "
+            f"variance), {label}, N = {pca.attrs['n_samples']}",
+            axis_label="PC",
+        ),
+        "fig4b": lambda: pr.cumulative_curves(
+            pca["sublayer_cumulative"].values,
+            own,
+            names,
+            title=f"Cumulative explained variance per sublayer, {label}",
+        ),
+        "fig4c": lambda: pr.cumulative_at(
+            pca["sublayer_cumulative"].values,
+            own,
+            names,
+            at,
+            title=f"Explained variance at {at} components per sublayer, {label}",
+        ),
+    }
+    for key, make in panels.items():
+        plotting.save(make(), _paths(outputs[key], formats), dpi=dpi)
+
+
+def figure_4d(
+    pca: xr.Dataset, perturbation: xr.Dataset, *, outputs: dict, formats, dpi: int, label: str
+) -> None:
+    """Figure 4D (teleports) and the recovery measures per layer (4E, beyond the paper)."""
+    from . import plotting_reduction as pr
+
+    names = list(perturbation["sublayer"].values)
+    layers = [int(x) for x in perturbation["layer"].values]
+    mean_path = np.nanmean(pca["projection"].values[:, :, :2], axis=0)
+    panels = {
+        "fig4d": lambda: pr.teleports(
+            perturbation["teleport_path"].values,
+            perturbation["control_path"].values,
+            mean_path,
+            layers,
+            names,
+            int(perturbation.attrs["horizon"]),
+            title=f"Teleports in PC1/PC2 at the last token of the control prompt, {label}",
+        ),
+        "fig4e": lambda: pr.recovery(
+            perturbation["measures"].values,
+            list(perturbation["kind"].values),
+            layers,
+            list(perturbation["measure"].values),
+            title=f"Recovery after perturbation, per layer, {label}",
+        ),
+    }
+    for key, make in panels.items():
+        plotting.save(make(), _paths(outputs[key], formats), dpi=dpi)

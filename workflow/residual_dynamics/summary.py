@@ -106,3 +106,25 @@ def _spearman_with_depth(values: np.ndarray) -> float | None:
 
 def write_json(data: dict, path: Path | str) -> None:
     write_text_atomic(path, json.dumps(data, indent=1))
+
+
+def reduction_summary(
+    pca: xr.Dataset, cae: xr.Dataset | None, perturbation: xr.Dataset | None
+) -> dict:
+    """The numbers of Figures 3 and 4 that the report quotes beside the paper's."""
+    from .cae import cae_summary
+    from .perturb import recovery_summary
+    from .reduction import pca_summary
+
+    out = {"pca": pca_summary(pca)}
+    if "sublayer_cumulative_own" in pca:
+        own = pca["sublayer_cumulative_own"].values[:, out["pca"]["n_components_at"] - 1]
+        out["pca"]["own_at_first"] = float(own[0])
+        out["pca"]["own_at_last"] = float(own[-1])
+    if cae is not None:
+        out["cae"] = cae_summary(cae)
+    if perturbation is not None:
+        out["perturbation"] = recovery_summary(perturbation)
+        out["perturbation"]["causal"] = bool(perturbation.attrs.get("causal"))
+        out["perturbation"]["grid_range"] = perturbation.attrs.get("grid_range")
+    return _clean(out)

@@ -12,9 +12,7 @@ small partial sums; the driver adds them up. Memory is bounded by one block, wha
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 
 import dask
 import numpy as np
@@ -26,30 +24,18 @@ from .store import open_store
 log = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
 def dask_client(
-    threads: int = 1, address: str | None = None, memory_limit: str = "auto"
-) -> Iterator[object]:
+    threads: int = 1,
+    address: str | None = None,
+    memory_limit: str = "auto",
+    settings: dict | None = None,
+):
     """A Dask client: an existing scheduler when ``address`` is given, else a LocalCluster sized
-    from the rule's threads (one worker process, so its memory limit is enforced by the nanny)."""
-    from dask.distributed import Client, LocalCluster
+    from the rule's threads (one worker process, so its memory limit is enforced by the nanny),
+    or what the config's ``dask`` section (``settings``) chooses; see residual_dynamics.cluster."""
+    from .cluster import dask_client as cluster_client
 
-    if address:
-        with Client(address) as client:
-            yield client
-        return
-    with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=max(1, threads),
-            processes=True,
-            memory_limit=memory_limit,
-            dashboard_address=":0",  # a free port: parallel jobs must not clash on 8787
-            silence_logs=logging.WARNING,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
+    return cluster_client(settings, threads=threads, memory_limit=memory_limit, address=address)
 
 
 def transition_kind(names: list[str]) -> list[str]:

@@ -33,6 +33,23 @@ def model_spec(wildcards):
     return config["models"][wildcards.model]
 
 
+def model_files(wildcards):
+    """A `train:` model's saved directory (its config.json marks it complete); [] otherwise."""
+    if "train" in config["models"][wildcards.model]:
+        return [f"{RESULTS}/models/{wildcards.model}/config.json"]
+    return []
+
+
+def training_data(wildcards):
+    """The prepared dataset a `train:` model learns from."""
+    data = config["models"][wildcards.model]["train"]["data"]
+    return f"{RESULTS}/data/{data}.parquet"
+
+
+def training_data_spec(wildcards):
+    return config["datasets"][config["models"][wildcards.model]["train"]["data"]]
+
+
 def parent_dataset(wildcards):
     """A variant's texts come from its parent's prepared file."""
     parent = config["datasets"][wildcards.dataset].get("variant_of")
@@ -49,3 +66,8 @@ def shard_stores(wildcards):
 
 def per_recording(pattern):
     return [pattern.format(model=m, dataset=d) for m, d in RECORDINGS]
+
+
+def optional_output(enabled, path):
+    """An input that exists only when its module is switched on (a list, empty otherwise)."""
+    return [path] if enabled else []

@@ -2,6 +2,7 @@ rule extract_activations:
     """One shard of a dataset through one model -> a shard store (a Zarr group)."""
     input:
         dataset=rules.prepare_dataset.output.parquet,
+        model=model_files,
     output:
         store=temp(
             directory(

@@ -10,6 +10,7 @@ rule perturb:
         store=rules.merge_shards.output.store,
         pca=rules.pca.output.pca,
         dataset=rules.prepare_dataset.output.parquet,
+        model=model_files,
     output:
         perturbation=directory(
             f"{RESULTS}/reduction/{{model}}/{{dataset}}/perturbation.zarr"

@@ -39,7 +39,10 @@ rule train_cae:
         f"{RESULTS}/benchmarks/train_cae/{{model}}--{{dataset}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    # One thread: the CAE's small matrices gain nothing from more on a CPU, and two threads
+    # beside other jobs oversubscribe the cores (measured: 15x slower per epoch). On a GPU node
+    # the profile may raise it.
+    threads: 1
     resources:
         mem_mb=8000,
     params:

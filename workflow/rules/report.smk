@@ -9,6 +9,11 @@ PANELS = [
     "fig2a",
     "fig2b",
     "fig2c",
+    *(["fig3b", "fig3c", "fig3d"] if config["cae"]["enabled"] else []),
+    "fig4a",
+    "fig4b",
+    "fig4c",
+    *(["fig4d", "fig4e"] if config["perturbation"]["enabled"] else []),
 ]
 
 
@@ -21,6 +26,9 @@ rule report:
         ),
         summaries=per_recording(
             f"{RESULTS}/statistics/{{model}}/{{dataset}}/summary.json"
+        ),
+        reductions=per_recording(
+            f"{RESULTS}/statistics/{{model}}/{{dataset}}/reduction_summary.json"
         ),
         figures=[
             per_recording(f"{RESULTS}/figures/{{model}}/{{dataset}}/{panel}.png")

@@ -1,1 +1,55 @@
-# Placeholder: filled by its issue's work.
+rule train_model:
+    """A `train:` model -> results/models/{model}/ (save_pretrained), trained on its dataset;
+    an `init: random` twin is only built and saved (same architecture and tokenizer)."""
+    input:
+        data=training_data,
+    output:
+        model=f"{RESULTS}/models/{{model}}/config.json",
+    log:
+        f"{RESULTS}/logs/train_model/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_model/{{model}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    params:
+        spec=model_spec,
+        data_spec=training_data_spec,
+        # Survives a failed or interrupted job, so a rerun resumes instead of starting over.
+        checkpoints=f"{RESULTS}/models/{{model}}.checkpoints",
+    script:
+        "../scripts/train_model.py"
+
+
+TRAINED_MODELS = [name for name, spec in config["models"].items() if "train" in spec]
+
+if TRAINED_MODELS:
+
+    rule train_model_section:
+        """The report section on the models the workflow trained: quality against the
+        untrained twins, training curves, the weights' digests."""
+        input:
+            models=[f"{RESULTS}/models/{name}/config.json" for name in TRAINED_MODELS],
+        output:
+            curves=report(
+                f"{RESULTS}/training/training_curves.png",
+                caption="../report/affine_training.rst",
+                category="Trained models",
+            ),
+            manifest=f"{RESULTS}/training/section.json",
+        log:
+            f"{RESULTS}/logs/train_model_section.log",
+        conda:
+            "../../envs/analysis.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+        params:
+            formats=config["figures"]["formats"],
+            dpi=config["figures"]["dpi"],
+        script:
+            "../scripts/train_model_section.py"
+
+    REPORT_SECTIONS.append(rules.train_model_section.output.manifest)

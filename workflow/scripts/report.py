@@ -12,6 +12,7 @@ from residual_dynamics.report import (
     mean_activation_caption,
     panel_captions,
     read_section_manifest,
+    reduction_captions,
     render,
     write_report,
 )
@@ -21,10 +22,18 @@ sm = snakemake
 n_recordings = len(sm.params.recordings)
 sections = []
 # Figures arrive panel by panel, each panel for every recording in order.
-for index, ((model, dataset), store, means, summary_path) in enumerate(
-    zip(sm.params.recordings, sm.input.stores, sm.input.means, sm.input.summaries, strict=True)
+for index, ((model, dataset), store, means, summary_path, reduction_path) in enumerate(
+    zip(
+        sm.params.recordings,
+        sm.input.stores,
+        sm.input.means,
+        sm.input.summaries,
+        sm.input.reductions,
+        strict=True,
+    )
 ):
     captions = panel_captions(json.loads(Path(summary_path).read_text()))
+    captions |= reduction_captions(json.loads(Path(reduction_path).read_text()))
     captions["fig1b"] = (captions["fig1b"][0], mean_activation_caption(xr.open_zarr(means).load()))
     figures = [
         Figure(Path(sm.input.figures[p * n_recordings + index]), *captions[panel], panel)

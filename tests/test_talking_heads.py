@@ -1,0 +1,490 @@
+"""Talking Heads: composition scores against a plain computation, the component algebra, the
+weight layout against GPT-2's forward pass, a planted low-rank channel, the interventions, and the
+module end to end on a tiny GPT-2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import yaml
+from test_laundry_list import laundry_tokenizer, tiny_gpt2
+
+from residual_dynamics import talking_heads as th
+from residual_dynamics.config import validate_config
+from tiny_models import make_tokenizer, save_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def random_weights(n_layers=3, n_heads=2, d=12, dh=4, seed=0) -> th.HeadWeights:
+    rng = np.random.default_rng(seed)
+    draw = lambda *shape: rng.normal(size=shape)  # noqa: E731
+    return th.HeadWeights(
+        W_Q=draw(n_layers, n_heads, d, dh),
+        W_K=draw(n_layers, n_heads, d, dh),
+        W_V=draw(n_layers, n_heads, d, dh),
+        W_O=draw(n_layers, n_heads, dh, d),
+        gamma=np.ones((n_layers, d)),
+    )
+
+
+def plain_cs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a @ b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# --- weights-only scores -----------------------------------------------------------------------
+
+
+def test_composition_scores_equal_a_plain_loop_over_full_matrices():
+    """Independent: d x d matrices, numpy SVD, Elhage et al.'s column-vector formulas."""
+    w = random_weights()
+    data = th.composition_analysis(w)
+    for l1 in range(3):
+        for h1 in range(2):
+            # Column-vector convention: W_OV = (our OV)^T, W_QK = our QK.
+            ov1_col = (w.W_V[l1, h1] @ w.W_O[l1, h1]).T
+            u, s, vt = np.linalg.svd(w.W_V[l1, h1] @ w.W_O[l1, h1])
+            for l2 in range(3):
+                for h2 in range(2):
+                    got = data["composition"].sel(source=f"{l1}.{h1}", target=f"{l2}.{h2}").values
+                    if l2 <= l1:
+                        assert np.isnan(got).all()
+                        continue
+                    qk2 = w.W_Q[l2, h2] @ w.W_K[l2, h2].T
+                    ov2_col = (w.W_V[l2, h2] @ w.W_O[l2, h2]).T
+                    expected = [
+                        plain_cs(qk2.T, ov1_col),  # Q: |W_QK^T W_OV|
+                        plain_cs(qk2, ov1_col),  # K: |W_QK W_OV|
+                        plain_cs(ov2_col, ov1_col),  # V: |W_OV2 W_OV1|
+                    ]
+                    np.testing.assert_allclose(got, expected, rtol=1e-5)
+                    comps = data["component_score"].sel(source=f"{l1}.{h1}", target=f"{l2}.{h2}")
+                    for i in range(4):
+                        part = s[i] * np.outer(u[:, i], vt[i])
+                        expected_i = [
+                            plain_cs(part, qk2),
+                            plain_cs(part, qk2.T),
+                            plain_cs(part, ov2_col.T),
+                        ]
+                        np.testing.assert_allclose(
+                            comps.sel(component=i).values, expected_i, rtol=1e-5
+                        )
+
+
+def test_component_scores_add_up_as_the_algebra_says():
+    w = random_weights(seed=1)
+    data = th.composition_analysis(w)
+    for source in ("0.0", "0.1", "1.1"):
+        layer, head = (int(x) for x in source.split("."))
+        ov = w.ov(layer, head)
+        u = data["read_direction"].sel(source=source).values.astype(float)  # (component, unit)
+        v = data["write_direction"].sel(source=source).values.astype(float)
+        s = data["singular_value"].sel(source=source).values.astype(float)
+        parts = [s[i] * np.outer(u[i], v[i]) for i in range(len(s))]
+        np.testing.assert_allclose(sum(parts), ov, atol=1e-4 * np.abs(ov).max())
+        np.testing.assert_allclose((s**2).sum(), np.linalg.norm(ov) ** 2, rtol=1e-5)
+        qk2 = w.qk(2, 0)
+        # W2 times the sum of the parts is W2 times OV, part by part.
+        np.testing.assert_allclose(sum(p @ qk2 for p in parts), ov @ qk2, atol=1e-3)
+        # Orthogonal parts: squared numerators add, so CS^2 is the s^2-weighted mean of CS_i^2.
+        for kind in th.KINDS:
+            whole = float(data["composition"].sel(kind=kind, source=source, target="2.0"))
+            comp = data["component_score"].sel(kind=kind, source=source, target="2.0").values
+            np.testing.assert_allclose(whole**2, (s**2 * comp**2).sum() / (s**2).sum(), rtol=1e-4)
+        z = data["component_z"].sel(kind="q", source=source, target="2.0").values
+        np.testing.assert_allclose([z.mean(), z.std()], [0, 1], atol=1e-5)
+
+
+def test_gram_core_handles_rank_deficient_factors():
+    rng = np.random.default_rng(0)
+    factor = np.zeros((10, 4))
+    factor[:, 0] = rng.normal(size=10)
+    core = th.gram_core(factor)
+    x = rng.normal(size=(4, 7))
+    np.testing.assert_allclose(np.linalg.norm(core @ x), np.linalg.norm(factor @ x), rtol=1e-10)
+
+
+# --- the weight layout against GPT-2's forward pass --------------------------------------------
+
+
+def gpt2_without_biases(seed=0, n_layers=2):
+    tokenizer = laundry_tokenizer()
+    model = tiny_gpt2(tokenizer, n_layers=n_layers, seed=seed)
+    model.set_attn_implementation("eager")
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.ln_1.weight.copy_(0.5 + torch.rand(block.ln_1.weight.shape, generator=g))
+            block.ln_1.bias.zero_()
+            block.attn.c_attn.bias.zero_()
+            block.attn.c_proj.bias.zero_()
+    return model, tokenizer
+
+
+def capture(module, fn):
+    store = {}
+    handles = [
+        module.register_forward_pre_hook(lambda m, a: store.__setitem__("in", a[0].detach())),
+        module.register_forward_hook(lambda m, a, o: store.__setitem__("out", o)),
+    ]
+    try:
+        with torch.no_grad():
+            fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return store
+
+
+def normalised(x, eps):
+    return (x - x.mean(-1, keepdim=True)) / torch.sqrt(
+        x.var(-1, unbiased=False, keepdim=True) + eps
+    )
+
+
+def test_ov_from_the_weights_equals_the_models_attention_output():
+    """One token attends only to itself: attention output = n(x) @ sum_h OV_h (biases zero)."""
+    model, _ = gpt2_without_biases()
+    w = th.head_weights(model)
+    block = model.transformer.h[1]
+    ln = capture(block.ln_1, lambda: model(input_ids=torch.tensor([[7]])))
+    attn = capture(block.attn, lambda: model(input_ids=torch.tensor([[7]])))
+    x = normalised(ln["in"][0, 0].double(), block.ln_1.eps).numpy()
+    expected = x @ sum(w.ov(1, h) for h in range(w.n_heads))
+    np.testing.assert_allclose(attn["out"][0][0, 0].double().numpy(), expected, atol=1e-5)
+    # One head's own write, projected on a direction, as the steering scale reads it.
+    direction = np.random.default_rng(0).normal(size=32)
+    runner = th.Runner(model, pad_id=0)
+    projection = th.head_write_projection(runner, [[7]], 1, 2, direction)
+    np.testing.assert_allclose(projection, [x @ w.ov(1, 2) @ direction], rtol=1e-4)
+
+
+def test_qk_from_the_weights_gives_the_models_attention_pattern():
+    model, _ = gpt2_without_biases(seed=2)
+    w = th.head_weights(model)
+    ids = torch.tensor([[5, 9, 12, 30]])
+    with torch.no_grad():
+        out = model(input_ids=ids, output_attentions=True)
+    block = model.transformer.h[1]
+    ln = capture(block.ln_1, lambda: model(input_ids=ids))
+    x = normalised(ln["in"][0].double(), block.ln_1.eps).numpy()  # (T, d)
+    for head in range(w.n_heads):
+        scores = x[-1] @ w.qk(1, head) @ x.T * block.attn.scaling
+        pattern = np.exp(scores - scores.max())
+        pattern /= pattern.sum()
+        np.testing.assert_allclose(out.attentions[1][0, head, -1].numpy(), pattern, atol=1e-5)
+
+
+def test_last_token_attention_equals_the_model_with_biases():
+    tokenizer = laundry_tokenizer()
+    model = tiny_gpt2(tokenizer, seed=4)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    ids = [[2, 10, 11, 12, 13, 14]]
+    runner = th.Runner(model, tokenizer.pad_token_id)
+    resid = th.residual_at_layer(runner, ids, 1)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids), output_attentions=True)
+    for head in range(4):
+        mine = th.last_token_attention(model, 1, head, resid[0], 5)
+        np.testing.assert_allclose(
+            mine[0].numpy(), out.attentions[1][0, head, -1].numpy(), atol=1e-5
+        )
+
+
+# --- the planted channel -----------------------------------------------------------------------
+
+
+def planted_gpt2(seed=0):
+    """Layer-0 head 1 writes along e (its second-largest OV component); layer-1 head 2's query
+    reads exactly e. Everything else is small random."""
+    tokenizer = laundry_tokenizer()
+    model = tiny_gpt2(tokenizer, n_layers=2, seed=seed, n_embd=64, n_head=4)
+    d, dh = 64, 16
+    g = torch.Generator().manual_seed(seed)
+    unit = lambda: torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)  # noqa: E731
+    e, read, other_read, other_write, key = (unit() for _ in range(5))
+    other_write -= (other_write @ e) * e  # the louder component writes orthogonally to e
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.copy_(0.02 * torch.randn(d, 3 * d, generator=g))
+            block.attn.c_proj.weight.copy_(0.02 * torch.randn(d, d, generator=g))
+        a0, a1 = model.transformer.h[0].attn, model.transformer.h[1].attn
+        head = 1
+        a0.c_attn.weight[:, 2 * d + head * dh] = 3 * read  # W_V column 0 of head 0.1
+        a0.c_proj.weight[head * dh] = 3 * e  # W_O row 0: writes e (s = 9)
+        a0.c_attn.weight[:, 2 * d + head * dh + 1] = 5 * other_read
+        a0.c_proj.weight[head * dh + 1] = 5 * other_write / other_write.norm()  # s = 25
+        head = 2
+        a1.c_attn.weight[:, head * dh] = 3 * e  # W_Q column 0 of head 1.2 reads e
+        a1.c_attn.weight[:, d + head * dh] = 3 * key
+    return model, e.numpy()
+
+
+def test_planted_channel_is_the_top_outlier():
+    model, e = planted_gpt2()
+    data = th.composition_analysis(th.head_weights(model))
+    top = th.top_outliers(data, kind="q", n=3)
+    first = top[0]
+    assert (first["source"], first["target"]) == ("0.1", "1.2")
+    assert first["component"] == 1  # not the largest singular value: found by score, not index
+    assert first["z"] > 3.5 and first["score"] > 0.9
+    assert top[1]["z"] < first["z"] - 0.5
+    direction = data["write_direction"].sel(source="0.1", component=1).values
+    assert abs(direction @ e) > 0.99
+    q = data["composition"].sel(kind="q")
+    assert np.unravel_index(np.nanargmax(q.values), q.shape) == (1, 6)  # 0.1 -> 1.2
+    heads = th.select_heads(data, None, None, 2, "q")
+    assert heads["mover"] == "1.2" and heads["inhibition"][0] == "0.1"
+
+
+# --- interventions -----------------------------------------------------------------------------
+
+
+def test_component_removal_rebuilds_the_weights_exactly_and_restores_them():
+    tokenizer = laundry_tokenizer()
+    model = tiny_gpt2(tokenizer, seed=5)
+    with torch.no_grad():
+        model.transformer.h[0].attn.c_attn.bias.normal_()
+    data = th.composition_analysis(th.head_weights(model))
+    before = th.head_weights(model)
+    ids = torch.tensor([[2, 10, 20, 30]])
+    original = model(input_ids=ids).logits
+    attn0 = model.transformer.h[0].attn
+    out_before = capture(attn0, lambda: model(input_ids=ids))["out"][0]
+    u = data["read_direction"].sel(source="0.3", component=2).values.astype(float)
+    v = data["write_direction"].sel(source="0.3", component=2).values.astype(float)
+    s = float(data["singular_value"].sel(source="0.3", component=2))
+    with th.component_removed(model, 0, 3, v):
+        after = th.head_weights(model)
+        out_after = capture(attn0, lambda: model(input_ids=ids))["out"][0]
+    np.testing.assert_allclose(after.ov(0, 3), before.ov(0, 3) - s * np.outer(u, v), atol=1e-5)
+    for h in range(3):
+        np.testing.assert_allclose(after.ov(0, h), before.ov(0, h))
+    # The change is along v only, and the value bias's share is kept (moved into c_proj's bias):
+    # without it the difference would include b_V W_O v at every position.
+    diff = (out_after - out_before)[0].double().numpy()
+    along = diff @ v
+    np.testing.assert_allclose(diff, np.outer(along, v), atol=1e-5)
+    ln = capture(model.transformer.h[0].ln_1, lambda: model(input_ids=ids))
+    x0 = model.transformer.h[0].ln_1(ln["in"])[0, 0].double().detach().numpy()
+    x0 = x0 - model.transformer.h[0].ln_1.bias.detach().double().numpy()  # LN bias: ignored
+    np.testing.assert_allclose(along[0], -s * (x0 @ u), rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(model(input_ids=ids).logits, original)
+
+
+def test_steering_adds_the_vector_at_each_last_token_only():
+    tokenizer = laundry_tokenizer()
+    model = tiny_gpt2(tokenizer, seed=6)
+    runner = th.Runner(model, tokenizer.pad_token_id)
+    ids = [[2, 10, 11], [2, 12, 13, 14, 15]]
+    vector = np.linspace(-1, 1, 32)
+    seen = {}
+    attn = model.transformer.h[1].attn
+    plain = capture(attn, lambda: runner(ids))["out"][0]
+    with th.steered(runner, 1, vector):
+        handle = attn.register_forward_hook(lambda m, a, o: seen.__setitem__("out", o[0]))
+        runner(ids)
+        handle.remove()
+    diff = (seen["out"] - plain).detach().numpy()
+    for row, seq in enumerate(ids):
+        np.testing.assert_allclose(diff[row, len(seq) - 1], vector, atol=1e-6)
+        diff[row, len(seq) - 1] = 0
+    assert np.abs(diff).max() < 1e-6
+    with th.steered(runner, 1, 0 * vector):
+        np.testing.assert_allclose(runner(ids), runner(ids), atol=1e-6)
+
+
+# --- head selection and config checks ----------------------------------------------------------
+
+
+def test_head_selection_errors_name_the_key():
+    data = th.composition_analysis(random_weights())
+    data.attrs.update(n_layers=3, n_heads=2)
+    with pytest.raises(th.TalkingHeadsError, match=r"heads.mover_head: a layer-0 head"):
+        th.select_heads(data, "0.1", None, 2, "q")
+    with pytest.raises(th.TalkingHeadsError, match=r"heads.mover_head: head '5.0' does not exist"):
+        th.select_heads(data, "5.0", None, 2, "q")
+    with pytest.raises(th.TalkingHeadsError, match=r"inhibition_heads\[1\]: head '2.0' is not"):
+        th.select_heads(data, "2.1", ["1.0", "2.0"], 2, "q")
+    chosen = th.select_heads(data, "2.1", None, 3, "k")
+    k = data["composition"].sel(kind="k", target="2.1").values
+    assert chosen["inhibition"] == [
+        f"{i // 2}.{i % 2}" for i in np.argsort(-np.nan_to_num(k, nan=-1))[:3]
+    ]
+
+
+def test_config_checks(tmp_path):
+    llama = save_tiny_model("llama", tmp_path / "llama")
+    gpt2 = save_tiny_model("gpt2", tmp_path / "gpt2")
+    config = {
+        "models": {
+            "llama": {"path": str(llama)},
+            "gpt2": {"path": str(gpt2)},
+            "trained_gpt2": {"train": {"data": "x"}},
+            "trained_llama": {"train": {"data": "x", "architecture": "llama"}},
+        },
+        "talking_heads": {
+            "enabled": True,
+            "models": ["gpt2", "llama", "nope", "trained_gpt2", "trained_llama"],
+            "laundry_list": {"n_min": 9, "n_max": 4},
+        },
+    }
+    problems = th.check_config(config)
+    assert any(
+        p.startswith("talking_heads.models[1]: 'llama' is a 'llama' model") for p in problems
+    )
+    assert any(p.startswith("talking_heads.models[2]: 'nope' is not defined") for p in problems)
+    assert any(
+        p.startswith("talking_heads.models[4]: 'trained_llama' is trained") for p in problems
+    )
+    assert any("n_min (9) must not exceed n_max (4)" in p for p in problems)
+    assert len(problems) == 4
+    assert th.model_key(config["talking_heads"], "llama") == "talking_heads.models[1]"
+    config["talking_heads"]["models"] = []
+    assert "talking_heads.models: empty" in th.check_config(config)[0]
+    config["talking_heads"]["enabled"] = False
+    assert th.check_config(config) == []
+
+
+def test_gpt2_config_validates_without_the_network():
+    config = yaml.safe_load((REPO / "config" / "gpt2.yaml").read_text())
+    filled = validate_config(config, base_dir=REPO)
+    block = filled["talking_heads"]
+    assert block["enabled"] and block["models"] == ["gpt2"]
+    assert filled["models"]["gpt2"]["hub"] == "openai-community/gpt2"
+    assert block["heads"]["mover_head"] == "9.9"
+    assert block["heads"]["inhibition_heads"] == ["7.3", "7.9", "8.6", "8.10"]
+    assert th.check_config(filled, REPO) == []
+
+
+# --- the module end to end ---------------------------------------------------------------------
+
+
+SETTINGS = {
+    "fold_ln": True,
+    "heads": {"mover_head": None, "inhibition_heads": None, "n_inhibition_heads": 2, "kind": "q"},
+    "laundry_list": {"n_min": 3, "n_max": 6, "prompts_per_n": 6, "seed": 0, "batch_size": 8},
+    "interventions": {
+        "enabled": True,
+        "n_items": 3,
+        "n_prompts": 9,
+        "seed": 1,
+        "steering_scales": [-2, 0, 2],
+        "grid_points": 3,
+        "grid_extent": 2.0,
+        "grid_prompts": 2,
+    },
+}
+
+
+def test_module_end_to_end_on_a_tiny_gpt2(tmp_path):
+    from residual_dynamics.report import read_section_manifest
+
+    tokenizer = laundry_tokenizer()
+    model = tiny_gpt2(tokenizer, n_layers=3, seed=7)
+    weights = th.weights_analysis(model, SETTINGS, "tiny")
+    assert weights.attrs["heads_automatic"] == ["mover", "inhibition"]
+    assert weights.attrs["mover_head"].startswith("2.")
+    th.write_dataset(weights, tmp_path / "weights.zarr")
+    weights = xr.open_zarr(tmp_path / "weights.zarr").load()
+    result = th.laundry_list_analysis(
+        model, tokenizer, weights, SETTINGS, model_name="tiny", add_bos=False, max_tokens=256
+    )
+    assert not result.attrs["skipped"]
+    assert list(result["n_items"].values) == [3, 4, 5, 6]
+    assert result.sizes["removal"] == 4 and result.sizes["scale"] == 3
+    # Steering by 0 SD is no intervention.
+    assert (
+        float(result["steering_accuracy_vocab"].sel(scale=0))
+        == result.attrs["baseline_accuracy_vocab"]
+    )
+    assert result["grid_attended_index"].shape == (2, 27)
+    assert result["grid_attended_index"].values.max() < 3
+    th.write_dataset(result, tmp_path / "laundry.zarr")
+    result = xr.open_zarr(tmp_path / "laundry.zarr").load()
+    outputs = th.write_figures(weights, result, tmp_path / "fig", ["png"], dpi=50, model="tiny")
+    assert all(Path(p).stat().st_size > 0 for p in outputs.values())
+    th.write_section(
+        tmp_path / "section.json",
+        models=["tiny"],
+        weights=[weights],
+        results=[result],
+        figures=[outputs],
+        n_outliers=5,
+    )
+    section = read_section_manifest(tmp_path / "section.json")
+    assert [f.figure_id for f in section.figures] == [
+        "tiny-composition",
+        "tiny-components",
+        "tiny-laundry",
+        "tiny-interventions",
+        "tiny-grid",
+    ]
+    assert "64 %" in section.figures[2].caption and "86 %" in section.figures[3].caption
+
+
+def test_laundry_list_is_skipped_on_a_tokenizer_without_the_objects(tmp_path, caplog):
+    tokenizer = make_tokenizer("causal")  # the shared tiny vocabulary: no object words
+    model = tiny_gpt2(tokenizer, n_layers=2)
+    weights = th.weights_analysis(model, SETTINGS, "residues")
+    result = th.laundry_list_analysis(
+        model, tokenizer, weights, SETTINGS, model_name="residues", add_bos=False, max_tokens=64
+    )
+    assert result.attrs["skipped"] and "unknown to the tokenizer" in result.attrs["reason"]
+    assert "unknown to the tokenizer" in caplog.text
+    outputs = th.write_figures(weights, result, tmp_path, ["png"], dpi=50, model="residues")
+    th.write_section(
+        tmp_path / "s.json",
+        models=["residues"],
+        weights=[weights],
+        results=[result],
+        figures=[outputs],
+        n_outliers=3,
+    )
+    from residual_dynamics.report import read_section_manifest
+
+    section = read_section_manifest(tmp_path / "s.json")
+    assert len(section.figures) == 2
+    assert any("Laundry List skipped" in note for note in section.notes)
+
+
+def test_non_gpt2_model_is_refused_with_the_key():
+    from transformers import AutoModelForCausalLM
+
+    from tiny_models import make_config
+
+    model = AutoModelForCausalLM.from_config(make_config("llama", vocab_size=50))
+    with pytest.raises(th.TalkingHeadsError, match=r"model_type 'gpt2'\), this one is 'llama'"):
+        th.head_weights(model)
+    with pytest.raises(th.TalkingHeadsError, match=r"talking_heads.models\[0\]"):
+        th.check_gpt2(model.config, "talking_heads.models[0]")
+
+
+@pytest.mark.slow
+def test_gpt2_small_shaped_model_takes_seconds():
+    """GPT-2 small's shape (12 layers x 12 heads, d = 768), random weights: the whole weights-only
+    analysis takes about 15 s on one core here; the bound leaves room for a busy machine."""
+    import time
+
+    rng = np.random.default_rng(0)
+    shape = (12, 12, 768, 64)
+    w = th.HeadWeights(
+        W_Q=rng.normal(size=shape),
+        W_K=rng.normal(size=shape),
+        W_V=rng.normal(size=shape),
+        W_O=rng.normal(size=(12, 12, 64, 768)),
+        gamma=np.ones((12, 768)),
+    )
+    start = time.perf_counter()
+    data = th.composition_analysis(w)
+    elapsed = time.perf_counter() - start
+    assert data["component_z"].shape == (3, 144, 64, 144)
+    assert elapsed < 120, elapsed

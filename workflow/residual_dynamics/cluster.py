@@ -1,0 +1,137 @@
+"""Where Dask analyses compute: a LocalCluster in the job, a running scheduler, or SLURM workers.
+
+The choice is the config's ``dask`` section (workflow/schemas/modules/cluster.yaml):
+
+- ``local`` (default): one worker process inside the job, with the rule's threads and a memory
+  limit that its nanny enforces. On a SLURM cluster that is the job's own allocation.
+- ``address``: an existing scheduler (``dask.address``, or the older
+  ``statistics.scheduler_address``), e.g. one a site runs for many users.
+- ``slurm``: dask-jobqueue's SLURMCluster; the job becomes the scheduler and submits
+  ``dask.slurm.jobs`` worker jobs with sbatch, for an analysis larger than one node. Workers read
+  the stores by path, so they need the same shared filesystem (as Snakemake on SLURM does too).
+
+Library code takes plain values; the rule scripts translate from ``snakemake.params``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+from collections.abc import Iterator
+
+from .config import ConfigError
+
+log = logging.getLogger(__name__)
+
+CLUSTERS = ("local", "address", "slurm")
+DEFAULTS = {"cluster": "local", "address": None, "connect_timeout": 600, "slurm": {}}
+
+
+def resolve(settings: dict | None, address: str | None = None) -> dict:
+    """The ``dask`` settings with ``statistics.scheduler_address`` folded in: a non-null address
+    there means cluster 'address' (it predates the ``dask`` section and keeps working)."""
+    out = {**DEFAULTS, **(settings or {})}
+    if address:
+        if out["cluster"] == "slurm" or (out["address"] and out["address"] != address):
+            raise ConfigError(
+                [
+                    "statistics.scheduler_address and dask: both say where Dask runs "
+                    f"(scheduler_address {address!r}, dask.cluster {out['cluster']!r}, "
+                    f"dask.address {out['address']!r}); keep one (dask.cluster: address with "
+                    "dask.address is the current form)"
+                ]
+            )
+        out["cluster"], out["address"] = "address", address
+    return out
+
+
+def check_config(config: dict) -> list[str]:
+    """Problems a schema cannot express, each naming its key (for validate_config)."""
+    settings = config.get("dask", {})
+    scheduler = config.get("statistics", {}).get("scheduler_address")
+    try:
+        settings = resolve(settings, scheduler)
+    except ConfigError as error:
+        return list(error.problems)
+    problems = []
+    if settings["cluster"] == "address" and not settings["address"]:
+        problems.append(
+            "dask.address: dask.cluster is 'address' but no address is given; set dask.address "
+            "(e.g. tcp://host:8786) or use dask.cluster: local"
+        )
+    if settings["cluster"] == "slurm" and importlib.util.find_spec("dask_jobqueue") is None:
+        problems.append(
+            "dask.cluster: 'slurm' needs dask-jobqueue (pip install dask-jobqueue), or use "
+            "dask.cluster: local"
+        )
+    return problems
+
+
+def slurm_cluster_kwargs(slurm: dict) -> dict:
+    """SLURMCluster arguments from ``dask.slurm`` (defaults from the schema filled in)."""
+    kwargs = {
+        "cores": slurm.get("cores", 8),
+        "memory": slurm.get("memory", "32GiB"),
+        "processes": slurm.get("processes", 1),
+        "walltime": slurm.get("walltime", "02:00:00"),
+        "queue": slurm.get("queue"),
+        "account": slurm.get("account"),
+        "job_extra_directives": list(slurm.get("job_extra_directives", [])),
+        "local_directory": slurm.get("local_directory"),
+        "interface": slurm.get("interface"),
+        "log_directory": slurm.get("log_directory"),
+        # A free port: several analysis jobs may be schedulers on one node.
+        "scheduler_options": {"dashboard_address": ":0"},
+    }
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+@contextlib.contextmanager
+def dask_client(
+    settings: dict | None = None,
+    *,
+    threads: int = 1,
+    memory_limit: str = "auto",
+    address: str | None = None,
+) -> Iterator[object]:
+    """A Dask distributed client for ``settings`` (the config's ``dask`` section); closed, and
+    any cluster it started shut down, on exit. ``threads`` and ``memory_limit`` size the local
+    worker; ``address`` is ``statistics.scheduler_address``."""
+    from dask.distributed import Client, LocalCluster
+
+    settings = resolve(settings, address)
+    kind = settings["cluster"]
+    timeout = settings["connect_timeout"]
+    if kind == "address":
+        log.info("dask: connecting to the scheduler at %s", settings["address"])
+        with Client(settings["address"], timeout=timeout) as client:
+            yield client
+        return
+    if kind == "slurm":
+        from dask_jobqueue import SLURMCluster
+
+        slurm = settings["slurm"]
+        with SLURMCluster(**slurm_cluster_kwargs(slurm)) as cluster:
+            jobs = slurm.get("jobs", 4)
+            cluster.scale(jobs=jobs)
+            log.info("dask: %d SLURM worker job(s) submitted:\n%s", jobs, cluster.job_script())
+            with Client(cluster) as client:
+                # Work starts with the first worker; later ones join as SLURM starts them.
+                client.wait_for_workers(1, timeout=timeout)
+                yield client
+        return
+    if kind != "local":
+        raise ConfigError([f"dask.cluster: {kind!r} is not one of {', '.join(CLUSTERS)}"])
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=max(1, threads),
+            processes=True,
+            memory_limit=memory_limit,
+            dashboard_address=":0",  # a free port: parallel jobs must not clash on 8787
+            silence_logs=logging.WARNING,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client

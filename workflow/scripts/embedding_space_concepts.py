@@ -1,0 +1,23 @@
+"""Rule embedding_space_concepts: the HellaSwag concept-similarity test of one model."""
+
+import json
+import os
+
+import torch
+
+from residual_dynamics.atomic import write_text_atomic
+from residual_dynamics.concept_similarity import run_concept_similarity
+from residual_dynamics.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+torch.set_num_threads(snakemake.threads)
+
+result = run_concept_similarity(
+    model_name=snakemake.wildcards.model,
+    model_spec=snakemake.params.spec,
+    key=snakemake.params.key,
+    settings=snakemake.params.settings,
+    device=snakemake.params.device,
+)
+write_text_atomic(snakemake.output.json, json.dumps(result, indent=1))

@@ -1,0 +1,14 @@
+"""Rule embedding_space_figures: true-token rank, proximity and walk figures of one recording."""
+
+from residual_dynamics.embedding_space import read_arrays, write_figures
+from residual_dynamics.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+write_figures(
+    read_arrays(snakemake.input.lens),
+    read_arrays(snakemake.input.walk),
+    {key: snakemake.output[key] for key in ("rank", "proximity", "walk")},
+    label=snakemake.params.label,
+    formats=snakemake.params.formats,
+    dpi=snakemake.params.dpi,
+)

@@ -1,0 +1,18 @@
+"""Rule talking_heads_figures: the module's figures for one model (PNG plus the other formats)."""
+
+from pathlib import Path
+
+import xarray as xr
+
+from residual_dynamics.logs import setup_logging
+from residual_dynamics.talking_heads import write_figures
+
+setup_logging(snakemake.log[0])
+write_figures(
+    xr.open_zarr(snakemake.input.weights).load(),
+    xr.open_zarr(snakemake.input.laundry).load(),
+    Path(snakemake.output.composition).parent,
+    formats=snakemake.params.formats,
+    dpi=snakemake.params.dpi,
+    model=snakemake.wildcards.model,
+)

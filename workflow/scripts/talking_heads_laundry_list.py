@@ -1,0 +1,43 @@
+"""Rule talking_heads_laundry_list: the Laundry List accuracy against N and the interventions on
+the mover head (a Zarr dataset; marked skipped, with the reason, when the task cannot run)."""
+
+import logging
+import os
+
+import torch
+import xarray as xr
+
+from residual_dynamics.extract import resolve_add_bos
+from residual_dynamics.logs import setup_logging
+from residual_dynamics.models import context_window, load_model
+from residual_dynamics.talking_heads import (
+    check_gpt2,
+    laundry_list_analysis,
+    skipped_dataset,
+    write_dataset,
+)
+
+setup_logging(snakemake.log[0])
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+torch.set_num_threads(snakemake.threads)
+
+name = snakemake.wildcards.model
+settings = snakemake.params.settings
+weights = xr.open_zarr(snakemake.input.weights).load()
+if not settings["laundry_list"]["enabled"]:
+    reason = "talking_heads.laundry_list.enabled is false"
+    logging.getLogger(__name__).info("Laundry List skipped: %s", reason)
+    result = skipped_dataset(name, reason)
+else:
+    loaded = load_model(name, snakemake.params.spec, device=settings["device"], with_head=True)
+    check_gpt2(loaded.model.config, snakemake.params.key)
+    result = laundry_list_analysis(
+        loaded.model,
+        loaded.tokenizer,
+        weights,
+        settings,
+        model_name=name,
+        add_bos=resolve_add_bos(loaded.tokenizer, snakemake.params.spec.get("add_bos", "auto")),
+        max_tokens=context_window(loaded.model, loaded.tokenizer),
+    )
+write_dataset(result, snakemake.output.laundry)

@@ -1,0 +1,24 @@
+"""Rule talking_heads_weights: one GPT-2-style model's weights -> composition scores, SVD
+components and their z-scores, and the mover/feeding heads (a Zarr dataset)."""
+
+import os
+import time
+
+import torch
+
+from residual_dynamics.logs import setup_logging
+from residual_dynamics.models import load_model
+from residual_dynamics.talking_heads import check_gpt2, weights_analysis, write_dataset
+
+setup_logging(snakemake.log[0])
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+torch.set_num_threads(snakemake.threads)
+
+settings = snakemake.params.settings
+loaded = load_model(snakemake.wildcards.model, snakemake.params.spec, device="cpu", with_head=False)
+check_gpt2(loaded.model.config, snakemake.params.key)
+start = time.perf_counter()
+data = weights_analysis(loaded.model, settings, snakemake.wildcards.model)
+data.attrs["model_source"] = loaded.source
+data.attrs["seconds"] = round(time.perf_counter() - start, 2)
+write_dataset(data, snakemake.output.weights)

@@ -1,0 +1,22 @@
+"""Rule train_model: a `train:` model spec and its dataset -> results/models/{model}/."""
+
+import os
+from pathlib import Path
+
+from residual_dynamics import datasets
+from residual_dynamics.logs import setup_logging
+from residual_dynamics.training import train_model
+
+setup_logging(snakemake.log[0])
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+frame, _ = datasets.read_dataset(snakemake.input.data)
+train_model(
+    name=snakemake.wildcards.model,
+    spec=snakemake.params.spec,
+    data_spec=snakemake.params.data_spec,
+    texts=frame["text"].tolist(),
+    out_dir=Path(snakemake.output.model).parent,
+    checkpoint_dir=snakemake.params.checkpoints,
+    threads=snakemake.threads,
+)

@@ -1,0 +1,21 @@
+"""Rule train_model_section: every trained model's training.json -> curves and report section."""
+
+import json
+from pathlib import Path
+
+from residual_dynamics import training_report
+from residual_dynamics.logs import setup_logging
+from residual_dynamics.report import write_section_manifest
+
+setup_logging(snakemake.log[0])
+
+summaries = {
+    Path(marker).parent.name: json.loads((Path(marker).parent / "training.json").read_text())
+    for marker in snakemake.input.models
+}
+png = Path(snakemake.output.curves)
+paths = [png.with_suffix(f".{fmt}") for fmt in snakemake.params.formats]
+if png not in paths:
+    paths.append(png)
+training_report.curves_figure(summaries, paths, dpi=snakemake.params.dpi)
+write_section_manifest(snakemake.output.manifest, **training_report.section(summaries, str(png)))
