@@ -23,7 +23,6 @@ from tiny_models import make_tokenizer, save_tiny_model
 
 @pytest.fixture(scope="module", params=["llama", "gpt2", "bert"])
 def reentry(request, tmp_path_factory):
-    torch.set_num_threads(1)
     family = request.param
     path = save_tiny_model(family, tmp_path_factory.mktemp(family), n_layers=4)
     loaded = load_model(family, {"path": str(path)}, device="cpu", with_head=family != "bert")

@@ -466,25 +466,3 @@ def test_non_gpt2_model_is_refused_with_the_key():
         th.head_weights(model)
     with pytest.raises(th.TalkingHeadsError, match=r"talking_heads.models\[0\]"):
         th.check_gpt2(model.config, "talking_heads.models[0]")
-
-
-@pytest.mark.slow
-def test_gpt2_small_shaped_model_takes_seconds():
-    """GPT-2 small's shape (12 layers x 12 heads, d = 768), random weights: the whole weights-only
-    analysis takes about 15 s on one core here; the bound leaves room for a busy machine."""
-    import time
-
-    rng = np.random.default_rng(0)
-    shape = (12, 12, 768, 64)
-    w = th.HeadWeights(
-        W_Q=rng.normal(size=shape),
-        W_K=rng.normal(size=shape),
-        W_V=rng.normal(size=shape),
-        W_O=rng.normal(size=(12, 12, 64, 768)),
-        gamma=np.ones((12, 768)),
-    )
-    start = time.perf_counter()
-    data = th.composition_analysis(w)
-    elapsed = time.perf_counter() - start
-    assert data["component_z"].shape == (3, 144, 64, 144)
-    assert elapsed < 120, elapsed
