@@ -243,7 +243,9 @@ def validate_config(config: dict, base_dir: Path | str = ".") -> dict:
 
 def _check_modules(config: dict) -> list[str]:
     """Checks of module sections that a schema cannot express."""
-    problems = []
+    from . import cluster
+
+    problems = cluster.check_config(config)
     perturbation = config.get("perturbation", {})
     grid_range = perturbation.get("grid_range")
     if grid_range is not None and not grid_range[0] < grid_range[1]:

@@ -28,9 +28,10 @@ from .transitions import _tree_sum, row_blocks
 log = logging.getLogger(__name__)
 
 
-def _block(path: str, rows: tuple[int, int], keep: slice) -> np.ndarray:
-    x = np.asarray(open_store(path)["resid"][rows[0] : rows[1], keep, :], dtype=np.float64)
-    return x
+def _block(path: str, rows: tuple[int, int], keep) -> np.ndarray:
+    """One block of samples as stored (float32 by default): the only copy of the block a task
+    holds; float64 work is done one sublayer at a time."""
+    return np.asarray(open_store(path)["resid"][rows[0] : rows[1], keep, :])
 
 
 def _finite_samples(x: np.ndarray) -> np.ndarray:
@@ -40,32 +41,44 @@ def _finite_samples(x: np.ndarray) -> np.ndarray:
 
 def _moments(path: str, rows: tuple[int, int], keep: slice, shift: np.ndarray):
     """Sums for the global covariance and for each sublayer's own variance, over one block."""
-    x = _block(path, rows, keep)
-    x = x[_finite_samples(x)] - shift  # shifted: the covariance is unchanged, cancellation is not
-    flat = x.reshape(-1, x.shape[-1])
-    return (
-        flat.sum(axis=0),  # (D,)
-        flat.T @ flat,  # (D, D)
-        x.sum(axis=0),  # (S, D)
-        np.einsum("nsd,nsd->s", x, x),  # (S,)
-        np.array([x.shape[0]], dtype=np.int64),
-    )
+    block = _block(path, rows, keep)
+    block = block[_finite_samples(block)]
+    n, s, d = block.shape
+    total, gram = np.zeros(d), np.zeros((d, d))
+    sub_sum, sub_sq = np.zeros((s, d)), np.zeros(s)
+    for j in range(s):
+        # Shifted: the covariance is unchanged, the cancellation is not.
+        x = block[:, j, :].astype(np.float64) - shift
+        total += x.sum(axis=0)
+        gram += x.T @ x
+        sub_sum[j] = x.sum(axis=0)
+        sub_sq[j] = np.einsum("nd,nd->", x, x)
+    return total, gram, sub_sum, sub_sq, np.array([n], dtype=np.int64)
 
 
 def _project(path: str, rows: tuple[int, int], keep: slice, mean: np.ndarray, basis: np.ndarray):
     """Projections of one block onto the basis, with per-sublayer sums for their variances."""
-    x = _block(path, rows, keep)
-    finite = _finite_samples(x)
-    z = np.einsum("nsd,dk->nsk", np.where(np.isfinite(x), x, 0.0) - mean, basis)
+    block = _block(path, rows, keep)
+    finite = _finite_samples(block)
+    z = np.empty((block.shape[0], block.shape[1], basis.shape[1]))
+    for j in range(block.shape[1]):
+        x = np.nan_to_num(block[:, j, :].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        z[:, j] = (x - mean) @ basis
     z[~finite] = np.nan
     ok = z[finite]
     return z.astype(np.float32), (ok.sum(axis=0), (ok**2).sum(axis=0))
 
 
 def _sublayer_covariances(path: str, rows: tuple[int, int], index: list[int], shift: np.ndarray):
-    x = np.asarray(open_store(path)["resid"][rows[0] : rows[1], index, :], dtype=np.float64)
-    x = x[_finite_samples(x)] - shift
-    return (x.sum(axis=0), np.einsum("nsd,nse->sde", x, x), np.array([x.shape[0]]))
+    block = np.asarray(open_store(path)["resid"][rows[0] : rows[1], index, :])
+    block = block[_finite_samples(block)]
+    sums = np.zeros((len(index), block.shape[2]))
+    grams = np.zeros((len(index), block.shape[2], block.shape[2]))
+    for j in range(len(index)):
+        x = block[:, j, :].astype(np.float64) - shift[j]
+        sums[j] = x.sum(axis=0)
+        grams[j] = x.T @ x
+    return sums, grams, np.array([block.shape[0]])
 
 
 def sign_fixed(vectors: np.ndarray) -> np.ndarray:
@@ -90,7 +103,7 @@ def pca_fit(
     read_at_components="auto",
     per_sublayer: bool = False,
     block_rows: int | None = None,
-    group_mib: float = 512,
+    group_mib: float = 256,
 ) -> xr.Dataset:
     """Global PCA of a store's analysed sublayers; runs on the current Dask scheduler.
 
@@ -111,7 +124,7 @@ def pca_fit(
 
     first = _block(path, (0, min(n_rows, resid.chunks[0])), keep)
     first = first[_finite_samples(first)]
-    shift = first.reshape(-1, d).mean(axis=0) if len(first) else np.zeros(d)
+    shift = first.mean(axis=(0, 1), dtype=np.float64) if len(first) else np.zeros(d)
     shift_once = dask.delayed(shift)
     moments = dask.delayed(_moments, pure=True)
     (total, gram, sub_sum, sub_sq, count) = dask.compute(
@@ -193,8 +206,11 @@ def _per_sublayer_pca(path, rows, keep_list, d, k, group_mib) -> np.ndarray:
     task = dask.delayed(_sublayer_covariances, pure=True)
     for start in range(0, len(keep_list), per_group):
         index = keep_list[start : start + per_group]
-        first = _block(path, (0, rows[0][1]), slice(index[0], index[-1] + 1))
-        shift = dask.delayed(first.mean(axis=0) if len(first) else np.zeros((len(index), d)))
+        first = _block(path, (0, rows[0][1]), index)
+        first = first[_finite_samples(first)]
+        shift = dask.delayed(
+            first.mean(axis=0, dtype=np.float64) if len(first) else np.zeros((len(index), d))
+        )
         sums, grams, count = dask.compute(_tree_sum([task(path, r, index, shift) for r in rows]))[0]
         n = int(count[0])
         for j in range(len(index)):

@@ -21,6 +21,7 @@ rule pca:
         sublayers=config["analysis"]["sublayers"],
         settings=config["pca"],
         dask=config["statistics"],
+        cluster=config["dask"],
     script:
         "../scripts/pca.py"
 

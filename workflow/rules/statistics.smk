@@ -37,6 +37,7 @@ rule transition_statistics:
     params:
         sublayers=config["analysis"]["sublayers"],
         dask=config["statistics"],
+        cluster=config["dask"],
     script:
         "../scripts/transition_statistics.py"
 

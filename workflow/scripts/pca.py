@@ -13,6 +13,7 @@ def main(sm) -> None:
         threads=sm.threads,
         address=dask_settings["scheduler_address"],
         memory_limit=dask_settings["memory_limit"],
+        settings=sm.params.cluster,
     ):
         pca = pca_fit(
             sm.input.store,

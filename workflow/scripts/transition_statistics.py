@@ -12,6 +12,7 @@ def main(sm) -> None:
         threads=sm.threads,
         address=settings["scheduler_address"],
         memory_limit=settings["memory_limit"],
+        settings=sm.params.cluster,
     ):
         stats = transition_statistics(
             sm.input.store,
