@@ -107,6 +107,24 @@ def tokenise(
     return Tokenised(ids, n_original, truncated)
 
 
+def dataset_token_ids(
+    tokenizer, part, *, add_bos: bool, max_tokens: int, on_overflow: str, dataset: str
+) -> Tokenised:
+    """Token ids of a prepared dataset's rows as extraction records them: tokenised, and permuted
+    where the rows are the token-shuffled variant (``shuffle_tokens``, ``shuffle_seed``)."""
+    tokens = tokenise(
+        tokenizer,
+        part["text"].tolist(),
+        add_bos=add_bos,
+        max_tokens=max_tokens,
+        on_overflow=on_overflow,
+        dataset=dataset,
+    )
+    if len(part) and bool(part["shuffle_tokens"].any()):
+        tokens.ids = shuffle_tokens(tokenizer, tokens.ids, part["shuffle_seed"].tolist())
+    return tokens
+
+
 def shuffle_tokens(tokenizer, ids: list[list[int]], seeds: Sequence[int]) -> list[list[int]]:
     """The paper's token-shuffled control: non-special tokens permuted, BOS/CLS/SEP in place."""
     special = set(tokenizer.all_special_ids)
@@ -522,9 +540,9 @@ def record_activations(
         len(frame), n_shards, shard, chunk_rows if positions == "last" else 1
     )
     part = frame.iloc[start:stop]
-    tokens = tokenise(
+    tokens = dataset_token_ids(
         tokenizer,
-        part["text"].tolist(),
+        part,
         add_bos=add_bos,
         max_tokens=max_tokens,
         on_overflow=extraction["on_overflow"],
@@ -532,8 +550,6 @@ def record_activations(
     )
     seqs = tokens.ids
     shuffled = bool(part["shuffle_tokens"].any()) if len(part) else False
-    if shuffled:
-        seqs = shuffle_tokens(tokenizer, seqs, part["shuffle_seed"].tolist())
     extractor = Extractor(
         model,
         pad_id=pad_token_id(tokenizer),

@@ -373,22 +373,6 @@ def recovery_summary(perturbation: xr.Dataset) -> dict:
     return out
 
 
-def _token_ids(tokenizer, texts, *, add_bos, max_tokens, dataset, shuffle_seeds=None):
-    from .extract import shuffle_tokens, tokenise
-
-    ids = tokenise(
-        tokenizer,
-        texts,
-        add_bos=add_bos,
-        max_tokens=max_tokens,
-        on_overflow="truncate",
-        dataset=dataset,
-    ).ids
-    if shuffle_seeds is not None:
-        ids = shuffle_tokens(tokenizer, ids, shuffle_seeds)
-    return ids
-
-
 def run_perturbations(
     *,
     model_name: str,
@@ -405,7 +389,7 @@ def run_perturbations(
     from tqdm.auto import tqdm
 
     from . import datasets as ds
-    from .extract import resolve_add_bos
+    from .extract import dataset_token_ids, resolve_add_bos, tokenise
     from .models import context_window, load_model, model_location
     from .store import open_store
 
@@ -447,13 +431,14 @@ def run_perturbations(
             )
             for layer in layers
         }
-    control_ids = _token_ids(
+    control_ids = tokenise(
         tokenizer,
         [settings["control_prompt"]],
         add_bos=add_bos,
         max_tokens=max_tokens,
+        on_overflow="truncate",
         dataset="perturbation.control_prompt",
-    )[0]
+    ).ids[0]
     log.info(
         "teleports at layers %s, %d grid points over %s, control prompt of %d tokens",
         layers,
@@ -477,16 +462,14 @@ def run_perturbations(
         picks = np.sort(
             rng.choice(len(frame), min(settings["n_dataset_samples"], len(frame)), replace=False)
         )
-        part = frame.iloc[picks]
-        shuffled = bool(part["shuffle_tokens"].any())
-        ids = _token_ids(
+        ids = dataset_token_ids(
             tokenizer,
-            part["text"].tolist(),
+            frame.iloc[picks],
             add_bos=add_bos,
             max_tokens=max_tokens,
+            on_overflow="truncate",
             dataset=str(dataset_path),
-            shuffle_seeds=part["shuffle_seed"].tolist() if shuffled else None,
-        )
+        ).ids
         dataset_measures = np.stack(
             [
                 perturb_sequence(Reentry(model, seq, include_final=include_final), basis, **common)[

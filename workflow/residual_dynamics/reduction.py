@@ -70,7 +70,7 @@ def _project(path: str, rows: tuple[int, int], keep: slice, mean: np.ndarray, ba
 
 
 def _sublayer_covariances(path: str, rows: tuple[int, int], index: list[int], shift: np.ndarray):
-    block = np.asarray(open_store(path)["resid"][rows[0] : rows[1], index, :])
+    block = _block(path, rows, index)
     block = block[_finite_samples(block)]
     sums = np.zeros((len(index), block.shape[2]))
     grams = np.zeros((len(index), block.shape[2], block.shape[2]))
