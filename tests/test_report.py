@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from residual_dynamics.report import Section, render
 from residual_dynamics.store import create_store, finalise, temporary_path
 
@@ -65,3 +67,156 @@ def test_module_section_manifest_round_trips_and_renders_escaped(tmp_path):
     assert "Scores &lt;raw&gt;" in page  # table titles are escaped
     assert "<td>0.25</td>" in page and "<td>n/a</td>" in page
     assert page.count("data:image/png;base64,") == 1
+
+
+def summary_with(correlation, cosine, velocity, mi, kinds=None, rotations=0.0, rho=0.5):
+    """A summary.json as build_summary writes it, with chosen per-transition means."""
+    kinds = kinds or ["within" if t % 2 == 0 else "cross" for t in range(len(correlation))]
+
+    def by_kind(values):
+        return {
+            k: sum(v for v, kk in zip(values, kinds, strict=True) if kk == k)
+            / max(1, kinds.count(k))
+            for k in ("within", "cross")
+        }
+
+    return {
+        "per_transition": {
+            "correlation": correlation,
+            "cosine": cosine,
+            "velocity": velocity,
+            "mi_kde": mi,
+        },
+        "by_kind": {"correlation": by_kind(correlation), "velocity": by_kind(velocity)},
+        "correlation_rises_with_depth": rho,
+        "rotations": {"nulls": {"ar1": {"frac_beyond95": rotations}}},
+    }
+
+
+def test_claims_read_the_paper_signatures_from_a_summary():
+    from residual_dynamics.claims import evaluate
+
+    # The paper's shape: high, rising correlation (within > cross), cosine rising, velocity
+    # peaking at the end and faster across layers, MI dropping after t0.
+    paper_like = summary_with(
+        correlation=[0.85, 0.82, 0.9, 0.88, 0.95],
+        cosine=[0.5, 0.7, 0.9, 0.85, 0.99],
+        velocity=[0.5, 2.0, 1.0, 5.0, 24.0],
+        mi=[4.3, 2.7, 1.4, 1.0, 1.3],
+        rotations=0.5,
+    )
+    got = evaluate(paper_like, None)
+    assert got["corr_early"] == (0.85, True)
+    assert got["corr_rises"] == (0.5, True)
+    assert got["corr_within"][1] is True  # within (0.9) > cross (0.85)
+    assert got["cosine_rises"][0] == pytest.approx((0.9 + 0.85 + 0.99) / 3 - 0.5)
+    assert got["velocity_late"] == (1.0, True)
+    # velocity within (0.5, 1, 24) mean 8.5 vs cross (2, 5) mean 3.5: within is faster here
+    assert got["velocity_cross"] == (pytest.approx(5.0), False)
+    assert got["mi_drop"] == (pytest.approx(1.0 / 4.3), True)
+    assert got["rotations"] == (0.5, True)
+    # Figures 3-4 switched off: not comparable, not a crash and not a pass.
+    assert got["cae_ev_rises"] == (None, None) and got["teleports"] == (None, None)
+
+    flat = summary_with(
+        correlation=[0.3, 0.4, 0.2, 0.3, 0.1],
+        cosine=[0.9, 0.5, 0.5, 0.5, 0.5],
+        velocity=[9.0, 1.0, 1.0, 1.0, 1.0],
+        mi=[1.0, 0.9, 0.8, 0.9, 1.0],
+        rho=-0.4,
+    )
+    got = evaluate(
+        flat,
+        {"pca": {"cumulative_at_first": 0.5, "cumulative_at_last": 0.2, "later_need_fewer": False}},
+    )
+    assert [got[k][1] for k in ("corr_early", "corr_rises", "cosine_rises", "velocity_late")] == [
+        False,
+        False,
+        False,
+        False,
+    ]
+    assert got["mi_drop"][1] is False and got["rotations"][1] is False
+    assert got["pca_later"] == (pytest.approx(-0.3), False)
+
+
+def test_controls_are_the_untrained_twin_and_the_shuffled_texts_the_runs_record():
+    from residual_dynamics.claims import controls_of
+
+    config = {
+        "models": {
+            "m": {"package": "p"},
+            "m_random": {"package": "p", "init": "random"},
+            "other_random": {"package": "q", "init": "random"},
+        },
+        "datasets": {"d": {"builtin": "x"}, "d_shuf": {"variant_of": "d", "shuffle_tokens": True}},
+        "runs": [{"models": ["m", "m_random", "other_random"], "datasets": ["d", "d_shuf"]}],
+    }
+    assert controls_of(config, "m", "d") == {
+        "untrained twin": ("m_random", "d"),
+        "shuffled tokens": ("m", "d_shuf"),
+    }
+    assert controls_of(config, "m_random", "d") == {"shuffled tokens": ("m_random", "d_shuf")}
+    assert controls_of(config, "m", "d_shuf") == {"untrained twin": ("m_random", "d_shuf")}
+    config["runs"] = [{"models": ["m"], "datasets": ["d"]}]  # controls defined but not recorded
+    assert controls_of(config, "m", "d") == {}
+
+
+def test_page_shows_claims_beside_controls_and_the_comparison(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from residual_dynamics.claims import evaluate
+    from residual_dynamics.report import Figure, add_claim_verdicts
+
+    good = evaluate(summary_with([0.9, 0.8, 0.95], [0.5, 0.8, 0.9], [1, 2, 3], [3, 1, 1]), None)
+    bad = evaluate(summary_with([0.1, 0.2, 0.1], [0.9, 0.5, 0.4], [3, 2, 1], [1, 1, 1]), None)
+    png = tmp_path / "c.png"
+    fig, _ = plt.subplots(figsize=(1, 1))
+    fig.savefig(png)
+    plt.close(fig)
+    section = Section(
+        "m",
+        "d",
+        make_store(tmp_path / "a.zarr", "pre"),
+        claims=good,
+        controls={"untrained twin": (("m_random", "d"), bad)},
+    )
+    page = render(
+        [section],
+        title="t",
+        config={"pca": {"n_components": 7}},
+        comparison=[Figure(png, "Across models", "curves", "curves")],
+    )
+    table = page.split("The paper's claims, measured here and on this recording's controls")[1]
+    table = table.split("</table>")[0]
+    assert "m_random" in table and table.count("✓ reproduced") >= 4
+    assert "✗ not reproduced" in table
+    assert "id='across--curves'" in page and "Claims at a glance" in page
+    assert "<b>pca</b>: n_components 7" in page  # settings shown outside the collapsed config
+    captions = add_claim_verdicts(
+        {"fig1c": ("1C", "text"), "fig2b": ("2B", "<b>Verdict:</b> x")}, good
+    )
+    assert "reproduced" in captions["fig1c"][1] and captions["fig2b"][1] == "<b>Verdict:</b> x"
+
+
+def test_comparison_figure_overlays_recordings_on_normalised_depth():
+    from residual_dynamics.plotting import comparison_figure, recording_styles
+
+    config = {
+        "models": {"a": {"package": "p"}, "a0": {"package": "p", "init": "random"}},
+        "datasets": {"d": {}, "s": {"variant_of": "d", "shuffle_tokens": True}},
+    }
+    recordings = [("a", "d"), ("a", "s"), ("a0", "d")]
+    styles = recording_styles(config, recordings)
+    assert styles["a", "d"]["color"] == styles["a0", "d"]["color"]  # twins share a colour
+    assert [styles[r]["ls"] for r in recordings] == ["-", "--", ":"]
+    short = summary_with([0.9, 0.8, 0.95], [0.5, 0.8, 0.9], [1, 2, 4], [3, 1, 1])
+    deep = summary_with([0.9] * 7, [0.5] * 7, [1, 1, 1, 1, 1, 1, 8], [2] * 7)
+    fig = comparison_figure({("a", "d"): short, ("a", "s"): deep, ("a0", "d"): short}, styles)
+    velocity_axis = fig.axes[2]
+    lines = [line for line in velocity_axis.get_lines() if line.get_label() == "a · s"]
+    x, y = lines[0].get_data()
+    assert x[0] == 0 and x[-1] == 1 and len(x) == 7  # 7 transitions spread over depth 0-1
+    assert max(y) == 1.0  # velocity divided by its peak

@@ -293,3 +293,38 @@ def test_empty_dataset_fails_with_a_clear_message_and_keeps_other_results(tmp_pa
     assert result.returncode != 0
     assert "datasets.short" in output and "min_chars" in output
     assert (tmp_path / "results" / "keep" / "earlier.txt").read_text() == "computed before"
+
+
+def test_report_page_renders_in_a_real_browser(tiny_run):
+    """The page opens in headless Chromium with no console error, no network request and no
+    broken link, every expected figure decoded and shown; a full-page screenshot is kept."""
+    import browser
+
+    reason = browser.unavailable_reason()
+    if reason:
+        if os.environ.get("RD_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"RD_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+    work, _, _ = tiny_run
+    page = work / "results" / "report" / "index.html"
+    shot = work / "results" / "report" / "screenshot.png"
+    recordings = [
+        ("tiny_llama", "texts"),
+        ("tiny_llama", "texts_shuffled"),
+        ("tiny_llama_untrained", "texts"),
+        ("tiny_llama_untrained", "texts_shuffled"),
+        ("minilm", "texts"),
+    ]
+    panels = ["fig1b", "fig1c", "fig1d", "fig1e", "fig1f", "fig1g", "fig1h", "fig2a", "fig2b"]
+    panels += ["fig2c", "fig3b", "fig3c", "fig3d", "fig4a", "fig4b", "fig4c", "fig4d", "fig4e"]
+    expected = [f"{m}--{d}--{p}" for m, d in recordings for p in panels] + ["across--curves"]
+    report = browser.inspect_page(page, shot)
+    assert report.problems(expected, warnings=True) == [], report.summary()
+    assert sorted(report.figure_ids) == sorted(expected)
+    assert report.overflow_px == 0, report.summary()  # nothing wider than the window
+    width, height = browser.png_size(shot)
+    assert width == 1280 and height > 4000
+    # The controls sit beside the trained model's claims: its twin and its shuffled texts.
+    html_text = page.read_text()
+    section = html_text.split("<h2 id='tiny_llama--texts'>", 1)[1].split("<h2", 1)[0]
+    assert "tiny_llama_untrained" in section and "texts_shuffled" in section

@@ -208,3 +208,107 @@ def rotation_per_unit(r_units: np.ndarray, null_p95: dict[str, np.ndarray], titl
     ax.set_title(title, fontsize=10)
     ax.legend(frameon=False, fontsize=7, ncol=2)
     return fig
+
+
+# The paper's Llama 3.1 8B values that its text states (docs/paper-transformer-dynamics.md), at
+# transition t of 62: the comparison figure marks them on the same depth-normalised axis.
+PAPER_POINTS = {
+    "cosine": [(0, 0.52), (1, 0.70), (2, 0.835), (6, 0.925), (61, 0.875)],
+    "velocity": [(0, 0.5 / 24), (51, 8 / 24), (61, 1.0)],
+    "mi_kde": [(0, 4.35), (1, 2.7), (2, 1.45), (9, 0.975), (30, 0.975), (50, 1.35), (60, 1.35)],
+}
+PAPER_TRANSITIONS = 62
+
+
+def recording_styles(config: dict, recordings) -> dict:
+    """Colour per model family (a model and its untrained twin share one), line style per control:
+    solid for a trained model on its texts, dotted for the untrained twin, dashed for shuffled tokens."""
+    from .config import MODEL_SOURCES
+
+    models, datasets = config.get("models", {}), config.get("datasets", {})
+
+    def family(model: str):
+        spec = models.get(model, {})
+        return tuple((k, repr(spec[k])) for k in MODEL_SOURCES if k in spec) or model
+
+    families = list(dict.fromkeys(family(m) for m, _ in recordings))
+    styles = {}
+    for model, dataset in recordings:
+        untrained = models.get(model, {}).get("init") == "random"
+        shuffled = bool(datasets.get(dataset, {}).get("shuffle_tokens"))
+        styles[(model, dataset)] = {
+            "color": PALETTE[families.index(family(model)) % len(PALETTE)],
+            "ls": ("-." if shuffled else ":") if untrained else ("--" if shuffled else "-"),
+            "lw": 1.2 if (untrained or shuffled) else 2.0,
+        }
+    return styles
+
+
+def comparison_figure(summaries: dict, styles: dict):
+    """Every recording's per-transition curves (Figure 1C, 1E, 1F, 1H) on one axis per measure, the
+    transitions normalised to depth 0-1 so models of any depth overlay; the paper's stated values as
+    black crosses. Velocity is divided by each recording's peak (its scale depends on the model)."""
+    set_style()
+    panels = [
+        ("correlation", "mean r between sublayers (1C)", False),
+        ("cosine", "cosine similarity (1E)", False),
+        ("velocity", "velocity / its peak (1F)", True),
+        ("mi_kde", "mutual information, nats (1H)", False),
+    ]
+    rows = (len(summaries) + 2 + 2) // 3  # legend rows: recordings and the paper's two marks
+    legend_in = 0.22 * rows + 0.35
+    fig, axes = plt.subplots(2, 2, figsize=(11, 6.6 + legend_in), sharex=True)
+    for ax, (key, label, normalise) in zip(axes.ravel(), panels, strict=True):
+        for (model, dataset), summary in summaries.items():
+            values = np.asarray(
+                [np.nan if v is None else v for v in summary["per_transition"][key]], float
+            )
+            if normalise and np.isfinite(values).any():
+                values = values / np.nanmax(values)
+            depth = np.arange(values.size) / max(values.size - 1, 1)
+            ax.plot(depth, values, label=f"{model} · {dataset}", **styles[(model, dataset)])
+        if key in PAPER_POINTS:
+            t, v = zip(*PAPER_POINTS[key], strict=True)
+            ax.scatter(
+                np.asarray(t) / PAPER_TRANSITIONS,
+                v,
+                marker="x",
+                color="black",
+                s=36,
+                zorder=5,
+                label="paper (Llama 3.1 8B)",
+            )
+        if key == "correlation":
+            ax.axhline(0.8, color="black", ls=(0, (1, 3)), lw=1, label="paper: r > 0.8")
+        ax.set_ylabel(label)
+    for ax in axes[1]:
+        ax.set_xlabel("depth (transition / number of transitions)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    extra = [
+        (h, lab)
+        for ax in axes.ravel()[1:]
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True)
+        if lab.startswith("paper") and lab not in labels
+    ]
+    seen = set(labels)
+    for h, lab in extra:
+        if lab not in seen:
+            handles.append(h)
+            labels.append(lab)
+            seen.add(lab)
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=3,
+        frameon=False,
+        fontsize=8,
+        bbox_to_anchor=(0.5, 0.0),
+    )
+    fig.suptitle(
+        "All recordings, depth normalised: solid trained, dotted untrained twin, "
+        "dashed shuffled tokens",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, legend_in / (6.6 + legend_in), 1, 1))
+    return fig

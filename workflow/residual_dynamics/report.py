@@ -31,7 +31,13 @@ figcaption{font-size:.92em;color:#333;margin-top:.4em}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em;margin:.8em 0}
 .muted{color:#666;font-size:.9em} code{background:#f4f4f4;padding:0 .2em}
 nav a{margin-right:1em}
+.yes{color:#0a5fa3;font-weight:600} .no{color:#b35900;font-weight:600} .na{color:#777}
+table.claims{font-size:.85em} table.claims td{white-space:nowrap}
+table.claims td.text{white-space:normal;min-width:16em} table.claims th{font-weight:600}
+.scroll{overflow-x:auto}
 """
+
+MARKS = {True: ("yes", "✓ reproduced"), False: ("no", "✗ not reproduced"), None: ("na", "– n/a")}
 
 
 @dataclass
@@ -49,6 +55,9 @@ class Section:
     store: Path
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # claims.evaluate() of this recording, and of its controls: label -> ((model, dataset), claims)
+    claims: dict = field(default_factory=dict)
+    controls: dict = field(default_factory=dict)
 
     @property
     def anchor(self) -> str:
@@ -137,8 +146,8 @@ def _data_table(table: Table) -> str:
         "<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in table.rows
     )
     return (
-        f"<table class='data'><caption>{html.escape(table.title)}</caption>"
-        f"<tr>{head}</tr>{body}</table>"
+        f"<div class='scroll'><table class='data'><caption>{html.escape(table.title)}</caption>"
+        f"<tr>{head}</tr>{body}</table></div>"
     )
 
 
@@ -179,6 +188,143 @@ def _timings(benchmarks: list[Path]) -> str:
     )
 
 
+def _claim_cell(value, holds) -> str:
+    css, word = MARKS[holds]
+    number = "" if value is None else f"{_cell(float(value))} "
+    return f"<td>{number}<span class='{css}'>{word}</span></td>"
+
+
+def _controls_table(section: Section) -> str:
+    """The paper's claims for this recording beside the same measures on its controls."""
+    from .claims import CLAIMS
+
+    controls = list(section.controls.items())
+    head = "".join(
+        f"<th>{html.escape(label)}<br><span class='muted'>{html.escape(m)} · {html.escape(d)}</span></th>"
+        for label, ((m, d), _) in controls
+    )
+    rows = []
+    for claim in CLAIMS:
+        value, holds = section.claims.get(claim.key, (None, None))
+        cells = _claim_cell(value, holds) + "".join(
+            _claim_cell(*evaluated.get(claim.key, (None, None))) for _, (_, evaluated) in controls
+        )
+        rows.append(
+            f"<tr><td>{claim.panel}</td><td class='text'>{html.escape(claim.statement)}"
+            f"<br><span class='muted'>measured: {html.escape(claim.measured)}</span></td>"
+            f"<td class='text'>{html.escape(claim.paper)}</td>{cells}</tr>"
+        )
+    caption = (
+        "The paper's claims, measured here and on this recording's controls"
+        if controls
+        else "The paper's claims, measured here (no control recorded for this pair)"
+    )
+    return (
+        f"<div class='scroll'><table class='claims'><caption>{caption}</caption>"
+        f"<tr><th>panel</th><th>claim</th><th>paper</th><th>this recording</th>{head}</tr>"
+        + "".join(rows)
+        + "</table></div>"
+        + (
+            "<p class='muted'>A claim that holds as well on the untrained twin comes from the "
+            "architecture, not from training; one that holds on the shuffled tokens does not need "
+            "word order.</p>"
+            if controls
+            else ""
+        )
+    )
+
+
+def _glance(sections: list[Section]) -> str:
+    """Claims (rows) by recording (columns): where each of the paper's findings holds."""
+    from .claims import CLAIMS
+
+    head = "".join(
+        f"<th><a href='#{html.escape(s.anchor)}'>{_breakable(s.model)}<br>{_breakable(s.dataset)}</a></th>"
+        for s in sections
+    )
+    rows = []
+    for claim in CLAIMS:
+        cells = ""
+        for section in sections:
+            css, word = MARKS[section.claims.get(claim.key, (None, None))[1]]
+            cells += (
+                f"<td title='{html.escape(word[2:])}'><span class='{css}'>{word[0]}</span></td>"
+            )
+        rows.append(
+            f"<tr><td>{claim.panel}</td><td class='text'>{html.escape(claim.statement)}</td>{cells}</tr>"
+        )
+    return (
+        "<div class='scroll'><table class='claims'><caption>Claims at a glance "
+        "(✓ reproduced, ✗ not reproduced, – not comparable; numbers in each recording's "
+        "section)</caption>"
+        f"<tr><th>panel</th><th>claim</th>{head}</tr>" + "".join(rows) + "</table></div>"
+    )
+
+
+def _breakable(name: str) -> str:
+    """A name that may wrap after its underscores (long model names in narrow table columns)."""
+    return html.escape(name).replace("_", "_<wbr>")
+
+
+def _recordings(stores: list[tuple[Section, dict]]) -> str:
+    rows = "".join(
+        f"<tr><td><a href='#{html.escape(s.anchor)}'>{html.escape(s.model)}</a></td>"
+        f"<td>{html.escape(s.dataset)}</td><td>{a.get('n_samples')}</td><td>{a.get('n_texts')}</td>"
+        f"<td>{len(a.get('sublayers', []))}</td><td>{a.get('d_model')}</td>"
+        f"<td>{html.escape(str(a.get('positions')))}</td></tr>"
+        for s, a in stores
+    )
+    return (
+        "<table><caption>Recordings</caption><tr><th>model</th><th>dataset</th><th>N rows</th>"
+        f"<th>texts</th><th>sublayers</th><th>units</th><th>positions</th></tr>{rows}</table>"
+    )
+
+
+def _wall_time(benchmarks: list[Path]) -> str | None:
+    """The run's wall time, from its jobs' benchmark files: first start to last end."""
+    spans = []
+    for path in benchmarks:
+        try:
+            seconds = float(pd.read_csv(path, sep="\t")["s"].iloc[0])
+            end = Path(path).stat().st_mtime
+        except (
+            OSError,
+            KeyError,
+            IndexError,
+            ValueError,
+            pd.errors.ParserError,
+            pd.errors.EmptyDataError,
+        ):
+            continue
+        spans.append((end - seconds, end))
+    if not spans:
+        return None
+    wall = max(e for _, e in spans) - min(b for b, _ in spans)
+    return f"{wall / 60:.1f} min from the first job's start to the last job's end"
+
+
+SETTINGS = [
+    ("extraction", ("positions", "batch_size", "store_dtype", "n_shards")),
+    ("statistics", ("correlation_reading",)),
+    ("mutual_information", ("grid", "bandwidth", "n_samples")),
+    ("rotations", ("n_permutations", "n_surrogates")),
+    ("pca", ("n_components", "read_at", "per_sublayer")),
+    ("cae", ("enabled", "max_epochs", "batch_size", "normalize")),
+    ("perturbation", ("enabled", "layers", "grid_size")),
+]
+
+
+def _settings(config: dict) -> str:
+    """The settings a reader needs to read the numbers, outside the collapsed full config."""
+    parts = []
+    for section, keys in SETTINGS:
+        values = config.get(section) or {}
+        shown = [f"{k} {html.escape(str(values[k]))}" for k in keys if k in values]
+        if shown:
+            parts.append(f"<b>{section}</b>: " + ", ".join(shown))
+    return "<br>".join(parts)
+
+
 def render(
     sections: list[Section],
     *,
@@ -186,13 +332,16 @@ def render(
     config: dict,
     benchmarks: list[Path] = (),
     modules: list[ModuleSection] = (),
+    comparison: list[Figure] = (),
 ) -> str:
     """The whole page as one HTML string."""
     run_rows = []
     models_seen, versions = {}, {}
     notes_by_section: list[list[str]] = []
+    store_attrs = []
     for section in sections:
         attrs = dict(open_store(section.store).attrs)
+        store_attrs.append((section, attrs))
         models_seen.setdefault(
             section.model,
             f"{html.escape(str(attrs.get('model_source')))} · {attrs.get('architecture')} · "
@@ -232,6 +381,10 @@ def render(
     run_rows.append(
         ("python / platform", html.escape(f"{platform.python_version()} · {platform.platform()}"))
     )
+    run_rows.append(("settings", _settings(config)))
+    wall = _wall_time(list(benchmarks))
+    if wall:
+        run_rows.append(("time taken", wall))
     run_rows.append(("written", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")))
 
     parts = [
@@ -240,7 +393,7 @@ def render(
         f"<h1>{html.escape(title)}</h1>",
         "<p class='muted'>Reproduces, figure by figure, Fernando &amp; Guitchounts (2025), "
         "<i>Transformer Dynamics: a neuroscientific approach to interpretability of LLMs</i>.</p>",
-        "<nav>"
+        "<nav><a href='#run'>what was run</a><a href='#across'>across models</a>"
         + "".join(
             f"<a href='#{s.anchor}'>{html.escape(s.model)} · {html.escape(s.dataset)}</a>"
             for s in sections
@@ -249,18 +402,23 @@ def render(
         + "</nav>",
         "<h2 id='run'>What was run</h2>",
         _table(run_rows),
+        _recordings(store_attrs),
         "<details><summary>time taken per step</summary>",
         _timings(list(benchmarks)),
         "</details>",
         "<details><summary>configuration</summary><pre>",
         html.escape(json.dumps(config, indent=1, default=str)),
         "</pre></details>",
+        "<h2 id='across'>Across models</h2>",
+        _glance(sections),
+        *(_figure("across", fig) for fig in comparison),
     ]
     for section, notes in zip(sections, notes_by_section, strict=True):
         parts.append(
             f"<h2 id='{html.escape(section.anchor)}'>{html.escape(section.model)} on {html.escape(section.dataset)}</h2>"
         )
         parts += [f"<p class='note'>{note}</p>" for note in notes]
+        parts.append(_controls_table(section))
         parts += [_figure(section.anchor, fig) for fig in section.figures]
     for module in modules:
         parts.append(f"<h2 id='{html.escape(module.anchor)}'>{html.escape(module.title)}</h2>")
@@ -503,4 +661,26 @@ def reduction_captions(red: dict) -> dict[str, tuple[str, str]]:
                 "with other texts' states at the same layer use the same measures.",
             ),
         }
+    return out
+
+
+def add_claim_verdicts(
+    captions: dict[str, tuple[str, str]], evaluated: dict
+) -> dict[str, tuple[str, str]]:
+    """Append each claim's verdict to its panel's caption, where the caption has none yet."""
+    from .claims import CLAIMS, verdict_word
+
+    out = dict(captions)
+    for claim in CLAIMS:
+        panel = f"fig{claim.panel.lower()}"
+        if panel not in out or "Verdict" in captions[panel][1]:
+            continue
+        value, holds = evaluated.get(claim.key, (None, None))
+        title, text = out[panel]
+        number = "" if value is None else f" ({html.escape(claim.measured)} {_fmt(value)})"
+        out[panel] = (
+            title,
+            f"{text} <b>Verdict:</b> {html.escape(claim.statement)}: "
+            f"<span class='{MARKS[holds][0]}'>{verdict_word(holds)}</span>{number}.",
+        )
     return out

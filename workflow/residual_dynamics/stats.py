@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from .atomic import move_into_place, partial_path
-from .store import open_store
+from .store import StoreError, open_store
 
 
 def analysed_sublayers(group, choice: str) -> list[int]:
@@ -28,10 +28,33 @@ def resid_array(path: Path | str) -> tuple[da.Array, object]:
     return da.from_zarr(group["resid"]), group
 
 
-def unit_means(store_path: Path | str, sublayers: str = "paper", threads: int = 1) -> xr.Dataset:
+def non_finite_error(store_path, count: np.ndarray, bad_rows: np.ndarray, names) -> StoreError:
+    """The error for a store whose analysed rows hold NaN or inf (extraction refuses them, so the
+    store was written elsewhere or by an older version)."""
+    n_rows = len(bad_rows)
+    missing = n_rows - count  # (sublayer, unit)
+    rows = np.flatnonzero(bad_rows)
+    where = [names[i] for i in np.flatnonzero(missing.sum(axis=1))]
+    return StoreError(
+        f"{store_path}: {int(missing.sum())} non-finite values (NaN or inf) in 'resid', in "
+        f"{len(rows)} of {n_rows} samples (first: {', '.join(map(str, rows[:5]))}) at sublayers "
+        f"{', '.join(where[:4])}{' ...' if len(where) > 4 else ''}. The statistics would be NaN or "
+        "biased. Re-extract it (snakemake --forcerun extract_activations): extraction refuses "
+        "non-finite activations and names the model's dtype to change"
+    )
+
+
+def unit_means(
+    store_path: Path | str,
+    sublayers: str = "paper",
+    threads: int = 1,
+    allow_non_finite: bool = False,
+) -> xr.Dataset:
     """Mean activation per sublayer and unit over samples (the paper's Figure 1B).
 
-    NaN rows (never expected; a failed overflow) are excluded per element and counted.
+    A store with NaN or inf in the analysed sublayers is refused (:class:`StoreError` naming the
+    store and the count); with ``allow_non_finite`` those values are left out per element and
+    counted in ``n_finite``.
     """
     resid, group = resid_array(store_path)
     keep = analysed_sublayers(group, sublayers)
@@ -40,8 +63,12 @@ def unit_means(store_path: Path | str, sublayers: str = "paper", threads: int = 
     finite = da.isfinite(x)
     total = da.where(finite, x, 0.0).sum(axis=0)
     count = finite.sum(axis=0)
+    bad_rows = ~finite.all(axis=(1, 2))
+    # One pass over the store for all three.
     with dask.config.set(scheduler="threads", num_workers=max(1, threads)):
-        total, count = dask.compute(total, count)
+        total, count, bad_rows = dask.compute(total, count, bad_rows)
+    if bad_rows.any() and not allow_non_finite:
+        raise non_finite_error(store_path, count, bad_rows, names)
     mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     return xr.Dataset(
         {

@@ -152,7 +152,9 @@ def merge_shards(shard_paths: Sequence[Path], final_path: Path) -> None:
     """Join shard stores (consecutive row ranges) into one store at final_path.
 
     When every shard but the last holds a whole number of chunks, the chunk files are hard-linked
-    into place (no copy, no extra disk); otherwise rows are copied shard by shard.
+    into place (no copy, no extra disk); otherwise rows are copied shard by shard. Shards that
+    overlap, leave a gap, come out of order or would link one chunk twice are refused
+    (:func:`check_shard_layout`, :func:`_plan_links`).
     """
     shards = [open_store(p) for p in shard_paths]
     first = shards[0]
@@ -177,13 +179,15 @@ def merge_shards(shard_paths: Sequence[Path], final_path: Path) -> None:
     aligned = all(s % chunk_rows == 0 for s in sizes[:-1]) and all(
         s["resid"].chunks[0] == chunk_rows for s in shards
     )
+    check_shard_layout(shards, shard_paths)
+    links = _plan_links(shard_paths, sizes, chunk_rows) if aligned else {}
     group = create_store(
         tmp, n_rows, attrs["sublayers"], d_model, attrs["store_dtype"], chunk_rows, attrs
     )
     offset = 0
     for shard, shard_path, size in zip(shards, shard_paths, sizes, strict=True):
         if aligned:
-            _link_chunks(Path(shard_path) / "resid", tmp / "resid", offset // chunk_rows)
+            _link_chunks(links[Path(shard_path)], tmp / "resid")
         else:
             for start in range(0, size, chunk_rows):
                 stop = min(size, start + chunk_rows)
@@ -197,21 +201,101 @@ def merge_shards(shard_paths: Sequence[Path], final_path: Path) -> None:
     )
 
 
-def _link_chunks(src_array: Path, dst_array: Path, row_chunk_offset: int) -> None:
-    """Hard-link chunk files c/i/j/k of one array into another with i shifted by the offset."""
-    src_chunks = src_array / "c"
-    if not src_chunks.exists():
-        return
-    for row_dir in src_chunks.iterdir():
-        target = dst_array / "c" / str(int(row_dir.name) + row_chunk_offset)
-        for file in row_dir.rglob("*"):
-            if file.is_file():
-                dst = target / file.relative_to(row_dir)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(file, dst)
-                except OSError:  # another file system: copy instead
-                    shutil.copy2(file, dst)
+def check_shard_layout(shards: Sequence[zarr.Group], shard_paths: Sequence[Path]) -> None:
+    """Refuse shards that do not tile the dataset: each shard's texts must follow the previous
+    shard's with no overlap and no gap, from text 0 to the dataset's end, in shard order.
+    Overlapping shards would put one text (and, linked, one chunk) in the merged store twice."""
+    names = [str(p) for p in shard_paths]
+    n = len(shards)
+    for i, (shard, name) in enumerate(zip(shards, names, strict=True)):
+        declared = shard.attrs.get("n_shards")
+        if declared is not None and int(declared) != n:
+            raise StoreError(f"shard {name} is one of {declared} shards, but {n} are merged")
+        if shard.attrs.get("shard") is not None and int(shard.attrs["shard"]) != i:
+            raise StoreError(
+                f"shard {name} is shard {shard.attrs['shard']} but is merged as number {i}: "
+                "pass the shard stores in shard order"
+            )
+    ranges = [shard.attrs.get("text_range") for shard in shards]
+    if all(r is not None for r in ranges):
+        if ranges[0][0] != 0:
+            raise StoreError(f"shard {names[0]} starts at text {ranges[0][0]}, not 0")
+        for i in range(n - 1):
+            (_, stop), (start, _) = ranges[i], ranges[i + 1]
+            if stop != start:
+                how = "overlap" if stop > start else "leave a gap"
+                raise StoreError(
+                    f"shards {names[i]} (texts {ranges[i]}) and {names[i + 1]} (texts "
+                    f"{ranges[i + 1]}) {how}: shards must cover consecutive, disjoint text "
+                    "ranges. Re-extract them with one extraction.n_shards"
+                )
+        total = shards[-1].attrs.get("dataset_n_texts")
+        if total is not None and ranges[-1][1] != int(total):
+            raise StoreError(
+                f"shards end at text {ranges[-1][1]} but the dataset has {total} texts: a shard "
+                f"after {names[-1]} is missing"
+            )
+    # The rows themselves, whatever the attributes say: texts in order, each in its own range.
+    previous = -1
+    for i, (shard, name) in enumerate(zip(shards, names, strict=True)):
+        index = shard["text_index"][:]
+        if len(index) == 0:
+            continue
+        low, high = (ranges[i][0], ranges[i][1]) if ranges[i] is not None else (None, None)
+        if index[0] < previous or (np.diff(index) < 0).any():
+            raise StoreError(
+                f"shard {name} holds text {int(index.min())}, which an earlier shard or row "
+                "already passed: shards overlap or are out of order"
+            )
+        if low is not None and (index[0] < low or index[-1] >= high):
+            raise StoreError(f"shard {name} holds texts outside its text_range {ranges[i]}")
+        previous = int(index[-1])
+
+
+def _plan_links(
+    shard_paths: Sequence[Path], sizes: Sequence[int], chunk_rows: int
+) -> dict[Path, list[tuple[Path, Path]]]:
+    """Per shard, (source file, path under the merged array) of every resid chunk file, with the
+    row chunk index shifted by the shard's offset. Refuses a chunk claimed by two shards: a
+    hard link would make them one file, and zarr has no locks to share one chunk."""
+    plan: dict[Path, list[tuple[Path, Path]]] = {}
+    owner: dict[Path, Path] = {}
+    offset = 0
+    for shard_path, size in zip(shard_paths, sizes, strict=True):
+        shard_path = Path(shard_path)
+        src_chunks = shard_path / "resid" / "c"
+        links = []
+        for row_dir in sorted(src_chunks.iterdir()) if src_chunks.exists() else []:
+            row_chunk = int(row_dir.name)
+            if row_chunk * chunk_rows >= size:
+                raise StoreError(f"shard {shard_path} has chunk {row_dir.name} past its rows")
+            target = Path("c") / str(row_chunk + offset // chunk_rows)
+            for file in sorted(row_dir.rglob("*")):
+                if file.is_file():
+                    dst = target / file.relative_to(row_dir)
+                    if dst in owner:
+                        raise StoreError(
+                            f"chunk {dst} of the merged store would come from both shard "
+                            f"{owner[dst]} and shard {shard_path}: shards overlap"
+                        )
+                    owner[dst] = shard_path
+                    links.append((file, dst))
+        plan[shard_path] = links
+        offset += size
+    return plan
+
+
+def _link_chunks(links: Sequence[tuple[Path, Path]], dst_array: Path) -> None:
+    """Hard-link planned chunk files into the merged array."""
+    for src, relative in links:
+        dst = dst_array / relative
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except FileExistsError:  # planned links are distinct: never overwrite a chunk
+            raise
+        except OSError:  # another file system: copy instead
+            shutil.copy2(src, dst)
 
 
 def describe(path: Path | str) -> str:

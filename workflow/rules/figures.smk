@@ -109,3 +109,30 @@ rule figure_2:
         reading=config["statistics"]["correlation_reading"],
     script:
         "../scripts/figure_2.py"
+
+
+rule comparison_figure:
+    """Across models: every recording's per-transition curves on one depth-normalised axis."""
+    input:
+        summaries=per_recording(f"{RESULTS}/statistics/{{model}}/{{dataset}}/summary.json"),
+    output:
+        png=report(
+            f"{RESULTS}/figures/comparison/curves.png",
+            caption="../report/comparison.rst",
+            category="Across models",
+            labels={"panel": "per-transition curves, depth normalised"},
+        ),
+    log:
+        f"{RESULTS}/logs/comparison_figure.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        recordings=RECORDINGS,
+        config=config,
+        dpi=config["figures"]["dpi"],
+        formats=config["figures"]["formats"],
+    script:
+        "../scripts/comparison_figure.py"

@@ -35,6 +35,7 @@ rule report:
             for panel in PANELS
         ],
         sections=REPORT_SECTIONS,
+        comparison=rules.comparison_figure.output.png,
     output:
         html=f"{RESULTS}/report/index.html",
     log:

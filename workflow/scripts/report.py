@@ -5,10 +5,12 @@ from pathlib import Path
 
 import xarray as xr
 
+from residual_dynamics.claims import controls_of, evaluate
 from residual_dynamics.logs import setup_logging
 from residual_dynamics.report import (
     Figure,
     Section,
+    add_claim_verdicts,
     mean_activation_caption,
     panel_captions,
     read_section_manifest,
@@ -19,32 +21,59 @@ from residual_dynamics.report import (
 
 setup_logging(snakemake.log[0])
 sm = snakemake
-n_recordings = len(sm.params.recordings)
+recordings = [tuple(r) for r in sm.params.recordings]
+n_recordings = len(recordings)
+summaries = {
+    r: json.loads(Path(p).read_text()) for r, p in zip(recordings, sm.input.summaries, strict=True)
+}
+reductions = {
+    r: json.loads(Path(p).read_text()) for r, p in zip(recordings, sm.input.reductions, strict=True)
+}
+claims = {r: evaluate(summaries[r], reductions[r]) for r in recordings}
 sections = []
 # Figures arrive panel by panel, each panel for every recording in order.
-for index, ((model, dataset), store, means, summary_path, reduction_path) in enumerate(
-    zip(
-        sm.params.recordings,
-        sm.input.stores,
-        sm.input.means,
-        sm.input.summaries,
-        sm.input.reductions,
-        strict=True,
-    )
+for index, ((model, dataset), store, means) in enumerate(
+    zip(recordings, sm.input.stores, sm.input.means, strict=True)
 ):
-    captions = panel_captions(json.loads(Path(summary_path).read_text()))
-    captions |= reduction_captions(json.loads(Path(reduction_path).read_text()))
+    captions = panel_captions(summaries[model, dataset])
+    captions |= reduction_captions(reductions[model, dataset])
     captions["fig1b"] = (captions["fig1b"][0], mean_activation_caption(xr.open_zarr(means).load()))
+    captions = add_claim_verdicts(captions, claims[model, dataset])
     figures = [
         Figure(Path(sm.input.figures[p * n_recordings + index]), *captions[panel], panel)
         for p, panel in enumerate(sm.params.panels)
     ]
-    sections.append(Section(model, dataset, Path(store), figures=figures))
+    controls = {
+        label: (pair, claims[pair])
+        for label, pair in controls_of(sm.params.config, model, dataset).items()
+    }
+    sections.append(
+        Section(
+            model,
+            dataset,
+            Path(store),
+            figures=figures,
+            claims=claims[model, dataset],
+            controls=controls,
+        )
+    )
 page = render(
     sections,
     title=sm.params.title,
     config=sm.params.config,
     benchmarks=sorted(Path(sm.params.benchmarks).rglob("*.tsv")),
     modules=[read_section_manifest(path) for path in sm.input.sections],
+    comparison=[
+        Figure(
+            Path(sm.input.comparison),
+            "Across models: per-transition curves, depth normalised",
+            "Figure 1C, 1E, 1F and 1H of every recording on one axis each, transitions scaled to "
+            "depth 0-1 so models of any depth overlay. Colour per model and its untrained twin; "
+            "solid trained, dotted untrained twin, dashed token-shuffled texts. Black crosses: the "
+            "values the paper states for Llama 3.1 8B (velocity divided by its peak, since its "
+            "scale depends on the model's norm).",
+            "curves",
+        )
+    ],
 )
 write_report(sm.output.html, page)

@@ -1,0 +1,277 @@
+"""The paper's claims as measurable signatures, each with a plain verdict.
+
+One list serves the captions (the verdict under a panel), the controls table of each recording (the
+same measure on the untrained twin and on the token-shuffled texts) and the claims-at-a-glance grid.
+A measure reads ``summary.json`` (Figures 1-2) and ``reduction_summary.json`` (Figures 3-4) and returns
+``(value, holds)``; ``holds`` is ``None`` where the run has nothing to compare (a module switched off,
+too few layers). The thresholds are the paper's statements made testable (the "signatures" a small
+model must still show, ``docs/paper-transformer-dynamics.md``); they are fixed here, not tuned to runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+Measure = Callable[[dict, dict | None], tuple[float | None, bool | None]]
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    panel: str
+    statement: str  # the paper's finding, as a testable sentence
+    paper: str  # the paper's number(s) for it
+    measured: str  # what the value column holds
+    measure: Measure
+
+
+def _finite(values) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in values], dtype=float)
+
+
+def _first_correlation(s: dict, _r) -> tuple:
+    r = _finite(s["per_transition"]["correlation"])
+    return (None, None) if not np.isfinite(r[0]) else (float(r[0]), bool(r[0] > 0.8))
+
+
+def _correlation_rises(s: dict, _r) -> tuple:
+    rho = s.get("correlation_rises_with_depth")
+    return (None, None) if rho is None else (float(rho), bool(rho > 0))
+
+
+def _within_minus_cross(quantity: str, sign: int) -> Measure:
+    def measure(s: dict, _r) -> tuple:
+        kinds = s["by_kind"][quantity]
+        if kinds.get("within") is None or kinds.get("cross") is None:
+            return None, None
+        diff = float(kinds["within"] - kinds["cross"])
+        return diff, bool(sign * diff > 0)
+
+    return measure
+
+
+def _cosine_rises(s: dict, _r) -> tuple:
+    cosine = _finite(s["per_transition"]["cosine"])
+    if cosine.size < 3:
+        return None, None
+    half = cosine.size // 2
+    gain = float(np.nanmean(cosine[half:]) - cosine[0])
+    return gain, bool(gain > 0)
+
+
+def _velocity_peaks_late(s: dict, _r) -> tuple:
+    velocity = _finite(s["per_transition"]["velocity"])
+    if velocity.size < 3 or not np.isfinite(velocity).any():
+        return None, None
+    where = float(np.nanargmax(velocity) / (velocity.size - 1))
+    return where, bool(where >= 2 / 3)
+
+
+def _mi_drops_early(s: dict, _r) -> tuple:
+    mi = _finite(s["per_transition"]["mi_kde"])
+    if mi.size < 3 or not np.isfinite(mi[0]) or mi[0] <= 0:
+        return None, None
+    ratio = float(np.nanmin(mi[1:]) / mi[0])
+    return ratio, bool(ratio < 0.5)
+
+
+def _rotates_beyond_surrogates(s: dict, _r) -> tuple:
+    nulls = s["rotations"].get("nulls", {})
+    fractions = [
+        nulls[k]["frac_beyond95"]
+        for k in ("random_walk", "ar1", "phase")
+        if nulls.get(k, {}).get("frac_beyond95") is not None
+    ]
+    if not fractions:
+        return None, None
+    worst = float(max(fractions))
+    return worst, bool(worst > 0.2)
+
+
+def _cae(field: str) -> Measure:
+    def measure(_s, r: dict | None) -> tuple:
+        cae = (r or {}).get("cae")
+        if not cae:
+            return None, None
+        if field == "ev_rises":
+            return cae.get("ev_last"), cae.get("ev_rises")
+        last, median = cae.get("step_last"), cae.get("step_median")
+        if last is None or not median:
+            return None, None
+        return float(last / median), bool(last > 2 * median)
+
+    return measure
+
+
+def _pca_later(_s, r: dict | None) -> tuple:
+    pca = (r or {}).get("pca")
+    if not pca:
+        return None, None
+    gain = pca["cumulative_at_last"] - pca["cumulative_at_first"]
+    return float(gain), pca.get("later_need_fewer")
+
+
+def _teleports_recover(_s, r: dict | None) -> tuple:
+    pert = (r or {}).get("perturbation")
+    if not pert:
+        return None, None
+    verdicts = pert.get("verdicts") or {}
+    remaining = verdicts.get("remaining")
+    value = None if not remaining else remaining["mid"] - remaining["first_last"]
+    return value, pert.get("mid_recovers_more")
+
+
+CLAIMS: list[Claim] = [
+    Claim(
+        "corr_early",
+        "1C",
+        "successive sublayers correlate above 0.8 from the first transition",
+        "r > 0.8 at t0",
+        "mean r at t0",
+        _first_correlation,
+    ),
+    Claim(
+        "corr_rises",
+        "1C",
+        "correlation rises with depth",
+        "rising",
+        "rank correlation with depth",
+        _correlation_rises,
+    ),
+    Claim(
+        "corr_within",
+        "1C",
+        "within-layer correlation exceeds cross-layer",
+        "within > cross",
+        "within − cross",
+        _within_minus_cross("correlation", +1),
+    ),
+    Claim(
+        "cosine_rises",
+        "1E",
+        "cosine similarity rises from the first transition",
+        "0.52 at t0 → 0.99",
+        "second-half mean − t0",
+        _cosine_rises,
+    ),
+    Claim(
+        "velocity_late",
+        "1F",
+        "velocity peaks in the last third",
+        "peak ≈ 24 at t61 of 62",
+        "depth of the peak (0-1)",
+        _velocity_peaks_late,
+    ),
+    Claim(
+        "velocity_cross",
+        "1F",
+        "cross-layer transitions move faster than within-layer",
+        "cross > within",
+        "within − cross",
+        _within_minus_cross("velocity", -1),
+    ),
+    Claim(
+        "mi_drop",
+        "1H",
+        "MI drops after the first transition to below half",
+        "4.35 → trough 0.75-1.2",
+        "lowest later / t0",
+        _mi_drops_early,
+    ),
+    Claim(
+        "rotations",
+        "2B",
+        "units rotate more than autocorrelated noise",
+        "R = 10.74 vs ≈ 0 (pair shuffle only)",
+        "units beyond the surrogates' 95th pct.",
+        _rotates_beyond_surrogates,
+    ),
+    Claim(
+        "cae_last_step",
+        "3C",
+        "the last latent step is the largest by far",
+        "≈ 0.24 vs mostly < 0.1",
+        "last step / median step",
+        _cae("step"),
+    ),
+    Claim(
+        "cae_ev_rises",
+        "3D",
+        "the CAE reconstructs later sublayers better",
+        "≈ 0 → 0.75",
+        "explained variance at the last sublayer",
+        _cae("ev_rises"),
+    ),
+    Claim(
+        "pca_later",
+        "4C",
+        "later sublayers need fewer components",
+        "0.04 → 0.57 (peak) at 100 PCs",
+        "last − first",
+        _pca_later,
+    ),
+    Claim(
+        "teleports",
+        "4D",
+        "mid-depth teleports recover more than first- and last-layer ones",
+        "qualitative (no numbers)",
+        "remaining distance, mid − first/last",
+        _teleports_recover,
+    ),
+]
+
+
+def evaluate(summary: dict, reduction: dict | None) -> dict[str, tuple[float | None, bool | None]]:
+    """Every claim's (value, holds) for one recording."""
+    out = {}
+    for claim in CLAIMS:
+        try:
+            out[claim.key] = claim.measure(summary, reduction)
+        except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError):
+            # A summary written by a run with parts switched off: not comparable, never a crash.
+            out[claim.key] = (None, None)
+    return out
+
+
+def verdict_word(holds: bool | None) -> str:
+    return {True: "reproduced", False: "not reproduced", None: "not comparable"}[holds]
+
+
+def controls_of(config: dict, model: str, dataset: str) -> dict[str, tuple[str, str]]:
+    """The control recordings of (model, dataset) that the config defines: its untrained twin (a model
+    with the same source and ``init: random``) on the same texts, and the same model on the texts'
+    token-shuffled variant. Only pairs the runs record are returned."""
+    runs = {
+        (m, d) for run in config.get("runs", []) for m in run["models"] for d in run["datasets"]
+    }
+    models, datasets = config.get("models", {}), config.get("datasets", {})
+    out = {}
+    spec = models.get(model, {})
+    if spec.get("init", "pretrained") != "random":
+        source = _source(spec)
+        for name, other in models.items():
+            if (
+                other.get("init") == "random"
+                and _source(other) == source
+                and (name, dataset) in runs
+            ):
+                out["untrained twin"] = (name, dataset)
+                break
+    for name, other in datasets.items():
+        if (
+            other.get("variant_of") == dataset
+            and other.get("shuffle_tokens")
+            and (model, name) in runs
+        ):
+            out["shuffled tokens"] = (model, name)
+            break
+    return out
+
+
+def _source(spec: dict):
+    from .config import MODEL_SOURCES
+
+    return [(key, repr(spec[key])) for key in MODEL_SOURCES if key in spec]
