@@ -191,8 +191,8 @@ def test_page_shows_claims_beside_controls_and_the_comparison(tmp_path):
     )
     table = page.split("The paper's claims, measured here and on this recording's controls")[1]
     table = table.split("</table>")[0]
-    assert "m_random" in table and table.count("✓ reproduced") >= 4
-    assert "✗ not reproduced" in table
+    assert "m_random" in table and table.count("title='reproduced'") >= 4
+    assert "title='not reproduced'" in table and "<span class='no'>✗</span>" in table
     assert "id='across--curves'" in page and "Claims at a glance" in page
     assert "<b>pca</b>: n_components 7" in page  # settings shown outside the collapsed config
     captions = add_claim_verdicts(

@@ -191,7 +191,7 @@ def _timings(benchmarks: list[Path]) -> str:
 def _claim_cell(value, holds) -> str:
     css, word = MARKS[holds]
     number = "" if value is None else f"{_cell(float(value))} "
-    return f"<td>{number}<span class='{css}'>{word}</span></td>"
+    return f"<td title='{word[2:]}'>{number}<span class='{css}'>{word[0]}</span></td>"
 
 
 def _controls_table(section: Section) -> str:
@@ -218,7 +218,7 @@ def _controls_table(section: Section) -> str:
         "The paper's claims, measured here and on this recording's controls"
         if controls
         else "The paper's claims, measured here (no control recorded for this pair)"
-    )
+    ) + " (✓ reproduced, ✗ not reproduced, – not comparable)"
     return (
         f"<div class='scroll'><table class='claims'><caption>{caption}</caption>"
         f"<tr><th>panel</th><th>claim</th><th>paper</th><th>this recording</th>{head}</tr>"
