@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import importlib.util
+import math
+import re
 from pathlib import Path
 
 import yaml
-from jsonschema import Draft202012Validator, validators
+from jsonschema import Draft202012Validator, ValidationError, validators
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 MODEL_SOURCES = ("hub", "path", "package", "train")
@@ -41,8 +44,21 @@ def load_schema() -> dict:
     ``workflow/schemas/modules/<module>.yaml``: top-level ``properties`` and optional ``$defs``,
     merged here so validation and config/README.md see one schema.
     """
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    for fragment_path in sorted(MODULE_SCHEMAS.glob("*.yaml")):
+    return copy.deepcopy(_schema())
+
+
+def _schema() -> dict:
+    """The merged schema, parsed once per version of its files (parsing the YAML is most of the
+    cost of a validation). Shared: callers must not modify it."""
+    files = [SCHEMA_PATH, *sorted(MODULE_SCHEMAS.glob("*.yaml"))]
+    stamps = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    return _parse_schema(stamps)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_schema(stamps: tuple) -> dict:
+    schema = yaml.safe_load(Path(stamps[0][0]).read_text())
+    for fragment_path in (Path(stamp[0]) for stamp in stamps[1:]):
         try:
             fragment = yaml.safe_load(fragment_path.read_text()) or {}
         except yaml.YAMLError as error:
@@ -68,7 +84,21 @@ def _with_defaults(validator_class):
                     instance[key] = copy.deepcopy(sub["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
-    return validators.extend(validator_class, {"properties": set_defaults})
+    def pattern(validator, pattern, instance, schema):
+        # JSON schema patterns are ECMA-262, where '$' ends the string; Python's re.search (what
+        # jsonschema uses) also lets '$' match before a final newline, so a name like "m\n" (a
+        # YAML block scalar) passed the name pattern and went into file paths.
+        if validator.is_type(instance, "string") and not _ecma_pattern(pattern).search(instance):
+            yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+    return validators.extend(validator_class, {"properties": set_defaults, "pattern": pattern})
+
+
+@functools.cache
+def _ecma_pattern(pattern: str) -> re.Pattern:
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
 
 
 _Filling = _with_defaults(Draft202012Validator)
@@ -86,8 +116,39 @@ def _schema_at(schema: dict, root: dict) -> dict:
     return schema
 
 
+def _unreadable(value, path: list) -> list[str]:
+    """Keys that are not text, and numbers that are not finite: YAML reads unquoted numbers,
+    dates, yes/no/on/off and null keys as such, and .nan/.inf as floats. The schema cannot see
+    either (its name patterns test strings only; NaN passes every minimum and maximum)."""
+    problems: list[str] = []
+    if isinstance(value, dict):
+        for name, sub in value.items():
+            if isinstance(name, str):
+                problems += _unreadable(sub, [*path, name])
+            else:
+                problems.append(
+                    f"{_key(path)}: key {name!r} ({type(name).__name__}) is not text; names and "
+                    f"keys are text: quote it in the YAML ('{name}')"
+                )
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            problems += _unreadable(sub, [*path, i])
+    elif isinstance(value, float) and not math.isfinite(value):
+        problems.append(f"{_key(path)}: {value} is not a usable number; give a finite one")
+    return problems
+
+
 def _describe(error, root: dict) -> str:
     key = _key(error.absolute_path)
+    if error.validator == "required":
+        # One error per missing key; name the key itself, as every other message does.
+        properties = _schema_at(error.schema, root).get("properties", {})
+        missing = [name for name in error.validator_value if name not in error.instance]
+        return "; ".join(
+            f"{key}.{name}: required but missing"
+            + (f" ({properties[name]['description'].strip()})" if name in properties else "")
+            for name in missing
+        )
     if error.validator == "additionalProperties":
         allowed = sorted(_schema_at(error.schema, root).get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
@@ -102,7 +163,7 @@ def _describe(error, root: dict) -> str:
             f"{key}: name '{error.instance}' is not allowed: names are used in file paths and "
             "may hold only letters, digits, '_' and '-', starting with a letter or digit"
         )
-    if error.validator == "oneOf" and "positions" in key:
+    if error.validator == "oneOf" and key == "extraction.positions":
         return f"{key}: {error.instance!r} is not 'last', 'all' or a list of integers"
     if error.validator == "enum":
         return f"{key}: {error.instance!r} is not allowed; choose one of {error.validator_value}"
@@ -145,8 +206,8 @@ def _check_references(config: dict, base_dir: Path) -> list[str]:
             )
         if spec.get("min_chars", 0) >= spec.get("max_chars", 1):
             problems.append(
-                f"datasets.{name}: min_chars ({spec['min_chars']}) must be below max_chars "
-                f"({spec['max_chars']})"
+                f"datasets.{name}.min_chars ({spec['min_chars']}) must be below "
+                f"datasets.{name}.max_chars ({spec['max_chars']})"
             )
         parent = spec.get("variant_of")
         if parent is not None:
@@ -208,19 +269,54 @@ def _check_train(name: str, train: dict, datasets: dict) -> list[str]:
     return problems
 
 
+# Candidate (a, b) pairs a task may enumerate (the dataset rule holds them in memory), and the
+# work up to which validation enumerates them itself to check that at least two are usable.
+MAX_TASK_PAIRS = 10**7
+MAX_TASK_VALUES = 10**8
+CHECKED_TASK_WORK = 2 * 10**7
+
+
+def _task_size(task: dict) -> tuple[int, int, int]:
+    """(candidate pairs, pairs x starting values, validation work) of a task, from its ranges."""
+    p, kind = task.get("modulus", 113), task.get("kind", "affine")
+    a = task.get("a") or ((1, p - 1) if kind == "affine" else (-1, 1))
+    b = task.get("b") or ((0, p - 1) if kind == "affine" else (-(p - 1), 2 * (p - 1)))
+    pairs = max(a[-1] - a[0] + 1, 0) * max(b[-1] - b[0] + 1, 0)
+    if kind == "affine":
+        # Sorting the pairs (np.unique) costs about a hundred steps of the 'integer' check each.
+        return pairs, pairs, 100 * pairs
+    return pairs, pairs * p, pairs * p * max(task.get("length", 16) - 1, 1)
+
+
 def _check_task(name: str, spec: dict) -> list[str]:
     from .tasks import AffineTask, TaskError
 
     problems = []
+    where = f"datasets.{name}.task"
     if spec.get("n_samples") is not None:
         problems.append(
             f"datasets.{name}.n_samples: not used by a task dataset; set "
             f"datasets.{name}.task.n_sequences instead"
         )
-    try:
-        AffineTask.from_spec(spec["task"], where=f"datasets.{name}.task")
-    except TaskError as error:
-        problems.append(str(error))
+    task = spec["task"]
+    pairs, values, work = _task_size(task)
+    if pairs > MAX_TASK_PAIRS or values > MAX_TASK_VALUES:
+        problems.append(
+            f"{where}: {pairs:,} candidate (a, b) pairs"
+            + ("" if task.get("kind") == "affine" else f" x {task['modulus']:,} starting values")
+            + f" are too many to enumerate; narrow {where}.a / {where}.b or lower "
+            f"{where}.modulus"
+        )
+    elif work <= CHECKED_TASK_WORK:
+        # Larger tasks skip this count (the dataset rule still checks it): validation stays quick.
+        try:
+            AffineTask.from_spec(task, where=where)
+        except TaskError as error:
+            problems.append(str(error))
+    else:
+        for key in ("a", "b"):
+            if task.get(key) is not None and task[key][0] > task[key][1]:
+                problems.append(f"{where}.{key}: give [min, max] with min <= max, got {task[key]}")
     return problems
 
 
@@ -228,24 +324,31 @@ def validate_config(config: dict, base_dir: Path | str = ".") -> dict:
     """Return a validated copy of ``config`` with every default filled in, or raise ConfigError."""
     if not isinstance(config, dict):
         raise ConfigError([f"the config must be a mapping of keys, got {type(config).__name__}"])
-    schema = load_schema()
+    problems = _unreadable(config, [])
+    if problems:
+        raise ConfigError(problems)
+    schema = _schema()
     filled = copy.deepcopy(config)
     errors = sorted(_Filling(schema).iter_errors(filled), key=lambda e: list(e.absolute_path))
-    problems = [_describe(e, schema) for e in errors]
+    problems = list(dict.fromkeys(_describe(e, schema) for e in errors))
     if problems:
         raise ConfigError(problems)
     problems = _check_references(filled, Path(base_dir))
-    problems += _check_modules(filled)
+    problems += _check_modules(filled, Path(base_dir))
     if problems:
         raise ConfigError(problems)
     return filled
 
 
-def _check_modules(config: dict) -> list[str]:
-    """Checks of module sections that a schema cannot express."""
-    from . import cluster
+def _check_modules(config: dict, base_dir: Path) -> list[str]:
+    """Checks of module sections that a schema cannot express. The related studies' own checks
+    (names defined, architectures fit) run here too, so that every problem is known at once."""
+    from . import affine_report, cluster, embedding_space, talking_heads
 
     problems = cluster.check_config(config)
+    problems += affine_report.check_config(config)
+    problems += talking_heads.check_config(config, base_dir)
+    problems += embedding_space.check_config(config, base_dir)
     perturbation = config.get("perturbation", {})
     grid_range = perturbation.get("grid_range")
     if grid_range is not None and not grid_range[0] < grid_range[1]:

@@ -23,7 +23,7 @@ import xarray as xr
 
 from .stats import analysed_sublayers
 from .store import open_store
-from .transitions import _tree_sum, row_blocks
+from .transitions import _tree_sum, row_blocks, task_array
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def _finite_samples(x: np.ndarray) -> np.ndarray:
 
 def _moments(path: str, rows: tuple[int, int], keep: slice, shift: np.ndarray):
     """Sums for the global covariance and for each sublayer's own variance, over one block."""
+    shift = task_array(shift)
     block = _block(path, rows, keep)
     block = block[_finite_samples(block)]
     n, s, d = block.shape
@@ -58,6 +59,8 @@ def _moments(path: str, rows: tuple[int, int], keep: slice, shift: np.ndarray):
 
 def _project(path: str, rows: tuple[int, int], keep: slice, mean: np.ndarray, basis: np.ndarray):
     """Projections of one block onto the basis, with per-sublayer sums for their variances."""
+    # The basis's layout and alignment as received decide the BLAS kernel: see task_array.
+    mean, basis = task_array(mean), task_array(basis)
     block = _block(path, rows, keep)
     finite = _finite_samples(block)
     z = np.empty((block.shape[0], block.shape[1], basis.shape[1]))
@@ -70,6 +73,7 @@ def _project(path: str, rows: tuple[int, int], keep: slice, mean: np.ndarray, ba
 
 
 def _sublayer_covariances(path: str, rows: tuple[int, int], index: list[int], shift: np.ndarray):
+    shift = task_array(shift)
     block = _block(path, rows, index)
     block = block[_finite_samples(block)]
     sums = np.zeros((len(index), block.shape[2]))

@@ -65,10 +65,23 @@ def unit_blocks(
     return [(u, min(n_units, u + width)) for u in range(0, n_units, width)]
 
 
+def task_array(a: np.ndarray) -> np.ndarray:
+    """A driver array as a task uses it: a fresh, aligned, C-ordered float64 copy.
+
+    Arrays passed into the graph (``dask.delayed(array)``) reach a distributed worker deserialized
+    in place inside a message buffer, at an offset that changes from run to run and is often not a
+    multiple of 8 bytes. NumPy's matmul then copies such an operand into an aligned C-ordered
+    buffer, while an aligned Fortran-ordered one (e.g. eigenvectors from ``eigh``) goes to BLAS
+    as it is: another kernel, another summation order, results 1 ulp apart between runs. Copying
+    here makes every task see the same layout whatever the transport did.
+    """
+    return np.array(a, dtype=np.float64, order="C", copy=True)
+
+
 def _tile(path: str, rows: tuple[int, int], units: tuple[int, int], keep, shift: np.ndarray):
     """Moments and per-sample partial sums of one tile (a block of rows x a block of units)."""
     resid = open_store(path)["resid"]
-    shift = shift[:, units[0] : units[1]]
+    shift = task_array(shift[:, units[0] : units[1]])
     x = np.asarray(resid[rows[0] : rows[1], keep, units[0] : units[1]], dtype=np.float64)
     finite = np.isfinite(x).all(
         axis=1
@@ -156,6 +169,13 @@ def transition_statistics(
     with np.errstate(invalid="ignore", divide="ignore"):
         r_pairs = cov / np.sqrt(var[:, None, :] * var[None, :, :])
     r_pairs[constant[:, None, :] | constant[None, :, :]] = np.nan
+    if constant.any():
+        log.warning(
+            "%d (sublayer, unit) pairs are constant over the samples (%d units): their "
+            "correlations are undefined, NaN, flagged in 'constant_unit'",
+            int(constant.sum()),
+            int(constant.any(axis=0).sum()),
+        )
     r_pairs = np.clip(r_pairs, -1.0, 1.0)
     r_next = r_pairs[np.arange(s - 1), np.arange(1, s)]  # (S-1, d)
     labels = [f"{a}->{b}" for a, b in zip(names[:-1], names[1:], strict=True)]
@@ -181,6 +201,7 @@ def transition_statistics(
             "dataset": group.attrs.get("dataset"),
             "n_samples": int(n_rows),
             "n_finite_samples": int(n.min()),
+            "n_constant": int(constant.sum()),
             "norm": group.attrs.get("norm"),
         },
     )

@@ -114,7 +114,9 @@ rule figure_2:
 rule comparison_figure:
     """Across models: every recording's per-transition curves on one depth-normalised axis."""
     input:
-        summaries=per_recording(f"{RESULTS}/statistics/{{model}}/{{dataset}}/summary.json"),
+        summaries=per_recording(
+            f"{RESULTS}/statistics/{{model}}/{{dataset}}/summary.json"
+        ),
     output:
         png=report(
             f"{RESULTS}/figures/comparison/curves.png",
