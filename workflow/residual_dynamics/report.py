@@ -490,7 +490,14 @@ def panel_captions(summary: dict) -> dict[str, tuple[str, str]]:
             f"depth. <i>Here:</i> mean r {_fmt(corr[0])} at the first transition, "
             f"{_fmt(corr[len(corr) // 2])} mid-depth, {_fmt(corr[-1])} at the last; within-layer "
             f"{_fmt(kind['correlation']['within'])} vs cross-layer {_fmt(kind['correlation']['cross'])}; "
-            f"rank correlation with depth {_fmt(summary.get('correlation_rises_with_depth'))}.",
+            f"rank correlation with depth {_fmt(summary.get('correlation_rises_with_depth'))}"
+            + (
+                f"; {summary['constant_units']} (sublayer, unit) pairs are constant over the "
+                "samples and left undefined"
+                if summary.get("constant_units")
+                else ""
+            )
+            + ".",
         ),
         "fig1d": (
             "Figure 1D: per-unit histograms of correlations",

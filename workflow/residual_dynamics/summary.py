@@ -83,6 +83,8 @@ def build_summary(
             "mi_kde": _by_kind(np.nanmean(mi, axis=1), kinds),
         },
         "correlation_rises_with_depth": _spearman_with_depth(np.nanmean(r, axis=1)),
+        # (sublayer, unit) pairs constant over the samples: their correlations are undefined.
+        "constant_units": int(transitions.attrs.get("n_constant", 0)),
         "mutual_information": {
             "estimator": "gaussian kde on a grid",
             "grid": information.attrs.get("grid"),
