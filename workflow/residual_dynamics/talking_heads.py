@@ -1083,6 +1083,7 @@ def interventions_figure(result: xr.Dataset, title: str):
 def grid_figure(result: xr.Dataset, title: str):
     """The 3-D grid over the top three components, coloured by the list index the mover attends to."""
     import matplotlib.pyplot as plt
+    import seaborn as sns
 
     from .plotting import set_style
 
@@ -1098,7 +1099,8 @@ def grid_figure(result: xr.Dataset, title: str):
     majority = counts.argmax(axis=0)
     fig = plt.figure(figsize=(6.4, 5.2))
     ax = fig.add_subplot(projection="3d")
-    colours = plt.get_cmap("tab10")(np.arange(n_items) % 10)
+    palette = sns.color_palette("colorblind")  # the report's one colour-blind-safe palette
+    colours = [palette[i % len(palette)] for i in range(n_items)]
     for i in range(n_items):
         sel = majority == i
         if sel.any():
