@@ -138,6 +138,13 @@ def _unreadable(value, path: list) -> list[str]:
     return problems
 
 
+def _closest(name: str, candidates: list[str]) -> str | None:
+    """The candidate closest to a misspelt name, case ignored (BATCH_SIZE: batch_size)."""
+    lowered = {c.lower(): c for c in candidates}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1)
+    return lowered[close[0]] if close else None
+
+
 def _describe(error, root: dict) -> str:
     key = _key(error.absolute_path)
     if error.validator == "required":
@@ -154,9 +161,9 @@ def _describe(error, root: dict) -> str:
         extra = sorted(set(error.instance) - set(allowed))
         hints = []
         for name in extra:
-            close = difflib.get_close_matches(name, allowed, n=1)
+            close = _closest(name, allowed)
             full = f"{key}.{name}" if key != "(top level)" else name
-            hints.append(f"'{full}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            hints.append(f"'{full}'" + (f" (did you mean '{close}'?)" if close else ""))
         return f"unknown key {', '.join(hints)}; allowed here: {', '.join(allowed)}"
     if error.validator == "propertyNames" or "propertyNames" in error.schema_path:
         return (
@@ -334,21 +341,17 @@ def validate_config(config: dict, base_dir: Path | str = ".") -> dict:
     if problems:
         raise ConfigError(problems)
     problems = _check_references(filled, Path(base_dir))
-    problems += _check_modules(filled, Path(base_dir))
+    problems += _check_modules(filled)
     if problems:
         raise ConfigError(problems)
     return filled
 
 
-def _check_modules(config: dict, base_dir: Path) -> list[str]:
-    """Checks of module sections that a schema cannot express. The related studies' own checks
-    (names defined, architectures fit) run here too, so that every problem is known at once."""
-    from . import affine_report, cluster, embedding_space, talking_heads
+def _check_modules(config: dict) -> list[str]:
+    """Checks of module sections that a schema cannot express."""
+    from . import cluster
 
     problems = cluster.check_config(config)
-    problems += affine_report.check_config(config)
-    problems += talking_heads.check_config(config, base_dir)
-    problems += embedding_space.check_config(config, base_dir)
     perturbation = config.get("perturbation", {})
     grid_range = perturbation.get("grid_range")
     if grid_range is not None and not grid_range[0] < grid_range[1]:
