@@ -483,6 +483,18 @@ def test_concurrent_shard_extractions_own_their_chunks_and_merge_to_one_store(
         original(resid, rows, buffer, store_dtype)
 
     monkeypatch.setattr(extract, "_write_block", meeting_write)
+    # Real shards are separate processes. In threads, model loading must not overlap: transformers'
+    # from_pretrained switches process-wide state (weight init, tying) and two loads at once leave
+    # it wrong for every later load in this process (a later GPT-2 came back untied).
+    from residual_dynamics import models
+
+    load, loading = models.load_model, threading.Lock()
+
+    def load_one_at_a_time(*args, **kwargs):
+        with loading:
+            return load(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", load_one_at_a_time)
     paths = [tmp_path / f"{i}.zarr" for i in (0, 1)]
     errors = []
 
