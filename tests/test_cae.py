@@ -112,3 +112,17 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(planar_store, tmp_pa
     assert resumed.history == whole.history
     for a, b in zip(resumed.model.parameters(), whole.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_cae_checkpoint_that_would_run_code_is_refused(planar_store, tmp_path):
+    from test_training import _RunsCode
+
+    from residual_dynamics.checkpoints import UntrustedCheckpointError
+
+    marker = tmp_path / "code-ran"
+    hostile = tmp_path / "cae_checkpoint.pt"
+    torch.save({"epoch": 1, "payload": _RunsCode(marker)}, hostile)
+    settings = CaeSettings(**{**FAST, "max_epochs": 2})
+    with pytest.raises(UntrustedCheckpointError, match="Delete the file and rerun"):
+        train_cae(planar_store, settings, checkpoint=hostile, progress=False)
+    assert not marker.exists()

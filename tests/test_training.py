@@ -4,6 +4,7 @@ path through models.load_model, the text LM's tokenizer and perplexity, and conf
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,3 +238,29 @@ def test_train_is_a_source_of_its_own():
         validate_config(config_with({"train": {"data": "affine"}, "hub": "gpt2"}))
     filled = validate_config(config_with({"train": {"data": "affine"}}))
     assert filled["models"]["m"]["train"]["n_layers"] == 3
+
+
+class _RunsCode:
+    """Unpickling this calls Path.touch on a marker: what a hostile checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path(self.marker).touch, ())
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_before_it_runs(tmp_path):
+    from residual_dynamics.checkpoints import UntrustedCheckpointError
+
+    marker = tmp_path / "code-ran"
+    hostile = tmp_path / "ckpt" / "checkpoint.pt"
+    hostile.parent.mkdir()
+    torch.save({"step": 3, "payload": _RunsCode(marker)}, hostile)
+    with pytest.raises(UntrustedCheckpointError, match="Delete the file and rerun") as info:
+        train_model("m", {"train": TINY}, TASK, None, tmp_path / "m", hostile.parent)
+    assert str(hostile) in str(info.value)
+    assert not marker.exists()  # nothing in the file was executed
+    # The same payload without weights_only would have run: the check is not vacuous.
+    torch.load(hostile, weights_only=False)
+    assert marker.exists()

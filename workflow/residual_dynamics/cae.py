@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .atomic import move_into_place, partial_path
+from .checkpoints import load_tensors
 from .stats import analysed_sublayers
 from .store import open_store
 
@@ -221,7 +222,7 @@ def train_cae(
     best = (math.inf, -1, {k: v.clone() for k, v in model.state_dict().items()})
     start = 0
     if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, weights_only=True, map_location=device)
+        state = load_tensors(checkpoint, map_location=device)
         if state["settings"] != asdict(settings):
             log.warning("checkpoint %s was written with other settings: starting over", checkpoint)
         else:

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import move_into_place, partial_path
+from .checkpoints import load_tensors
 from .tasks import AffineTask, task_tokenizer
 
 log = logging.getLogger(__name__)
@@ -355,7 +356,7 @@ def load_checkpoint(path: Path, model, optimizer, digest: str) -> tuple[int, lis
     """Restore a checkpoint of the same spec: (next step, history); (0, []) if none applies."""
     if not path.exists():
         return 0, []
-    state = torch.load(path, weights_only=True, map_location="cpu")
+    state = load_tensors(path)
     if state.get("digest") != digest:
         log.warning("checkpoint %s is of other settings; starting afresh", path)
         return 0, []
