@@ -546,22 +546,25 @@ def pattern_of(node: dict) -> str | None:
     return node.get("pattern") or resolve(node.get("items", {})).get("pattern")
 
 
+INVALID_KINDS = (
+    "type",
+    "range",
+    "enum",
+    "pattern",
+    "unknown_key",
+    "bad_name",
+    "required",
+    "source",
+    "reference",
+)
+
+
 @st.composite
 def invalid_mutation(draw, kinds: tuple[str, ...] | None = None):
     """(config, substrings one problem must contain): a schema-derived mutation that makes the
     base config invalid, and how the message must name the key."""
     config = copy.deepcopy(BASE)
-    available = kinds or (
-        "type",
-        "range",
-        "enum",
-        "pattern",
-        "unknown_key",
-        "bad_name",
-        "required",
-        "source",
-        "reference",
-    )
+    available = kinds or INVALID_KINDS
     kind = draw(st.sampled_from(available), label="kind")
     event(f"kind {kind}")
     if kind == "type":
@@ -709,20 +712,7 @@ def test_invalid_values_are_refused_naming_the_key(mutation):
     assert any(all(e in p for e in expected) for p in problems), (expected, problems)
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "type",
-        "range",
-        "enum",
-        "pattern",
-        "unknown_key",
-        "bad_name",
-        "required",
-        "source",
-        "reference",
-    ],
-)
+@pytest.mark.parametrize("kind", INVALID_KINDS)
 @settings(FUZZ, max_examples=40)
 @given(data=st.data())
 def test_each_kind_of_invalid_mutation(kind, data):

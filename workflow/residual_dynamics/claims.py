@@ -251,11 +251,11 @@ def controls_of(config: dict, model: str, dataset: str) -> dict[str, tuple[str, 
     out = {}
     spec = models.get(model, {})
     if spec.get("init", "pretrained") != "random":
-        source = _source(spec)
+        source = model_source(spec)
         for name, other in models.items():
             if (
                 other.get("init") == "random"
-                and _source(other) == source
+                and model_source(other) == source
                 and (name, dataset) in runs
             ):
                 out["untrained twin"] = (name, dataset)
@@ -271,7 +271,8 @@ def controls_of(config: dict, model: str, dataset: str) -> dict[str, tuple[str, 
     return out
 
 
-def _source(spec: dict):
+def model_source(spec: dict) -> list:
+    """What a model spec loads (its source keys and values): a model and its untrained twin share it."""
     from .config import MODEL_SOURCES
 
     return [(key, repr(spec[key])) for key in MODEL_SOURCES if key in spec]

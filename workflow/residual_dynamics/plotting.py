@@ -223,13 +223,12 @@ PAPER_TRANSITIONS = 62
 def recording_styles(config: dict, recordings) -> dict:
     """Colour per model family (a model and its untrained twin share one), line style per control:
     solid for a trained model on its texts, dotted for the untrained twin, dashed for shuffled tokens."""
-    from .config import MODEL_SOURCES
+    from .claims import model_source
 
     models, datasets = config.get("models", {}), config.get("datasets", {})
 
     def family(model: str):
-        spec = models.get(model, {})
-        return tuple((k, repr(spec[k])) for k in MODEL_SOURCES if k in spec) or model
+        return tuple(model_source(models.get(model, {}))) or model
 
     families = list(dict.fromkeys(family(m) for m, _ in recordings))
     styles = {}
