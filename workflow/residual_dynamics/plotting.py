@@ -282,19 +282,12 @@ def comparison_figure(summaries: dict, styles: dict):
         ax.set_ylabel(label)
     for ax in axes[1]:
         ax.set_xlabel("depth (transition / number of transitions)")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    extra = [
-        (h, lab)
-        for ax in axes.ravel()[1:]
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True)
-        if lab.startswith("paper") and lab not in labels
-    ]
-    seen = set(labels)
-    for h, lab in extra:
-        if lab not in seen:
-            handles.append(h)
-            labels.append(lab)
-            seen.add(lab)
+    # One legend for the figure: every label once, in the order the panels first draw it.
+    legend = {}
+    for ax in axes.ravel():
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    labels, handles = list(legend), list(legend.values())
     fig.legend(
         handles,
         labels,

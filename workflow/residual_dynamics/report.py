@@ -37,7 +37,8 @@ table.claims td.text{white-space:normal;min-width:16em} table.claims th{font-wei
 .scroll{overflow-x:auto}
 """
 
-MARKS = {True: ("yes", "✓ reproduced"), False: ("no", "✗ not reproduced"), None: ("na", "– n/a")}
+# A verdict's mark and style (its words are claims.verdict_word's).
+MARKS = {True: ("yes", "✓"), False: ("no", "✗"), None: ("na", "–")}
 
 
 @dataclass
@@ -169,19 +170,25 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return f"<table>{body}</table>"
 
 
-def _timings(benchmarks: list[Path]) -> str:
+def _read_benchmarks(benchmarks: list[Path]) -> list[tuple[str, float, float]]:
+    """(step, seconds, end time) of every readable Snakemake benchmark file."""
     rows = []
     for path in benchmarks:
         try:
             frame = pd.read_csv(path, sep="\t")
+            end = Path(path).stat().st_mtime
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
             continue
         if "s" in frame and len(frame):
-            rows.append((Path(path).stem, float(frame["s"].iloc[0])))
+            rows.append((Path(path).stem, float(frame["s"].iloc[0]), end))
+    return rows
+
+
+def _timings(rows: list[tuple[str, float, float]]) -> str:
     if not rows:
         return "<p class='muted'>no timings recorded</p>"
-    total = sum(s for _, s in rows)
-    cells = "".join(f"<tr><td>{html.escape(n)}</td><td>{s:.1f}</td></tr>" for n, s in rows)
+    total = sum(s for _, s, _ in rows)
+    cells = "".join(f"<tr><td>{html.escape(n)}</td><td>{s:.1f}</td></tr>" for n, s, _ in rows)
     return (
         f"<table><tr><th>step</th><th>seconds</th></tr>{cells}"
         f"<tr><th>total</th><th>{total:.1f}</th></tr></table>"
@@ -189,9 +196,11 @@ def _timings(benchmarks: list[Path]) -> str:
 
 
 def _claim_cell(value, holds) -> str:
-    css, word = MARKS[holds]
+    from .claims import verdict_word
+
+    css, mark = MARKS[holds]
     number = "" if value is None else f"{_cell(float(value))} "
-    return f"<td title='{word[2:]}'>{number}<span class='{css}'>{word[0]}</span></td>"
+    return f"<td title='{verdict_word(holds)}'>{number}<span class='{css}'>{mark}</span></td>"
 
 
 def _controls_table(section: Section) -> str:
@@ -244,12 +253,10 @@ def _glance(sections: list[Section]) -> str:
     )
     rows = []
     for claim in CLAIMS:
-        cells = ""
-        for section in sections:
-            css, word = MARKS[section.claims.get(claim.key, (None, None))[1]]
-            cells += (
-                f"<td title='{html.escape(word[2:])}'><span class='{css}'>{word[0]}</span></td>"
-            )
+        cells = "".join(
+            _claim_cell(None, section.claims.get(claim.key, (None, None))[1])
+            for section in sections
+        )
         rows.append(
             f"<tr><td>{claim.panel}</td><td class='text'>{html.escape(claim.statement)}</td>{cells}</tr>"
         )
@@ -280,26 +287,11 @@ def _recordings(stores: list[tuple[Section, dict]]) -> str:
     )
 
 
-def _wall_time(benchmarks: list[Path]) -> str | None:
+def _wall_time(rows: list[tuple[str, float, float]]) -> str | None:
     """The run's wall time, from its jobs' benchmark files: first start to last end."""
-    spans = []
-    for path in benchmarks:
-        try:
-            seconds = float(pd.read_csv(path, sep="\t")["s"].iloc[0])
-            end = Path(path).stat().st_mtime
-        except (
-            OSError,
-            KeyError,
-            IndexError,
-            ValueError,
-            pd.errors.ParserError,
-            pd.errors.EmptyDataError,
-        ):
-            continue
-        spans.append((end - seconds, end))
-    if not spans:
+    if not rows:
         return None
-    wall = max(e for _, e in spans) - min(b for b, _ in spans)
+    wall = max(end for _, _, end in rows) - min(end - s for _, s, end in rows)
     return f"{wall / 60:.1f} min from the first job's start to the last job's end"
 
 
@@ -382,7 +374,8 @@ def render(
         ("python / platform", html.escape(f"{platform.python_version()} · {platform.platform()}"))
     )
     run_rows.append(("settings", _settings(config)))
-    wall = _wall_time(list(benchmarks))
+    timings = _read_benchmarks(list(benchmarks))
+    wall = _wall_time(timings)
     if wall:
         run_rows.append(("time taken", wall))
     run_rows.append(("written", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")))
@@ -404,7 +397,7 @@ def render(
         _table(run_rows),
         _recordings(store_attrs),
         "<details><summary>time taken per step</summary>",
-        _timings(list(benchmarks)),
+        _timings(timings),
         "</details>",
         "<details><summary>configuration</summary><pre>",
         html.escape(json.dumps(config, indent=1, default=str)),
@@ -557,9 +550,11 @@ def panel_captions(summary: dict) -> dict[str, tuple[str, str]]:
 
 
 def _verdict(ok: bool | None, yes: str, no: str) -> str:
+    from .claims import verdict_word
+
     if ok is None:
-        return "<b>Verdict:</b> not comparable here."
-    return f"<b>Verdict:</b> {'reproduced' if ok else 'not reproduced'}: {yes if ok else no}"
+        return f"<b>Verdict:</b> {verdict_word(None)} here."
+    return f"<b>Verdict:</b> {verdict_word(ok)}: {yes if ok else no}"
 
 
 def reduction_captions(red: dict) -> dict[str, tuple[str, str]]:
