@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/out/checks.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from residual_dynamics.transitions import task_array
+    from residual_dynamics.analysis.transitions import task_array
 
     rows = torch.randn(args.rows, args.sublayers, args.units)
     out = {"shape": list(rows.shape), "threads": args.threads}

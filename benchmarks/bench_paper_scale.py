@@ -44,11 +44,11 @@ MIB = 2**20
 
 def run_statistic(name: str, store: Path, threads: int, memory_limit: str, work: Path) -> dict:
     """One statistic, as its rule runs it (this is the child process)."""
-    from residual_dynamics.information import transition_mutual_information
-    from residual_dynamics.reduction import pca_fit
-    from residual_dynamics.rotations import rotation_summary
-    from residual_dynamics.stats import unit_means
-    from residual_dynamics.transitions import dask_client, transition_statistics
+    from residual_dynamics.analysis.mutual_information import transition_mutual_information
+    from residual_dynamics.analysis.pca import pca_fit
+    from residual_dynamics.analysis.rotations import rotation_summary
+    from residual_dynamics.analysis.transitions import dask_client, transition_statistics
+    from residual_dynamics.analysis.unit_means import unit_means
 
     t0 = time.perf_counter()
     if name == "unit_means":
@@ -131,7 +131,7 @@ def writer_rate(samples: int, sublayers: int = 65, d_model: int = 4096) -> dict:
 
     import torch
 
-    from residual_dynamics.extract import extract_to_store
+    from residual_dynamics.recording.extract import extract_to_store
 
     batch = 128
     made = torch.randn(batch, sublayers, d_model, generator=torch.Generator().manual_seed(0))
@@ -186,8 +186,8 @@ def llama_extraction(args) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaModel
 
-    from residual_dynamics.extract import Extractor, extract_to_store, plan_blocks
-    from residual_dynamics.store import chunk_rows_for
+    from residual_dynamics.io.store import chunk_rows_for
+    from residual_dynamics.recording.extract import Extractor, extract_to_store, plan_blocks
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)

@@ -36,7 +36,7 @@ def _median_time(fn, repeats: int) -> float:
 def bench_teleport(layers: int, d: int, grid: int, repeats: int) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from residual_dynamics.perturb import Reentry, perturbation_layers
+    from residual_dynamics.analysis.perturbation import Reentry, perturbation_layers
 
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -77,8 +77,8 @@ def bench_teleport(layers: int, d: int, grid: int, repeats: int) -> dict:
 def bench_pca(n: int, s: int, d: int, repeats: int) -> dict:
     from sklearn.decomposition import PCA
 
-    from residual_dynamics.reduction import pca_fit
-    from residual_dynamics.store import create_store, finalise, temporary_path
+    from residual_dynamics.analysis.pca import pca_fit
+    from residual_dynamics.io.store import create_store, finalise, temporary_path
 
     rng = np.random.default_rng(0)
     names = [f"{k}{i}" for i in range(s // 2) for k in ("attn", "mlp")]

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from residual_dynamics import affine, affine_report
 from residual_dynamics.config import ConfigError, validate_config
-from residual_dynamics.tasks import AffineTask, task_tokenizer
-from residual_dynamics.training import TrainSettings, build_model, train_model
+from residual_dynamics.inputs.tasks import AffineTask, task_tokenizer
+from residual_dynamics.inputs.training import TrainSettings, build_model, train_model
+from residual_dynamics.studies.affine import analysis as affine
+from residual_dynamics.studies.affine import section as affine_report
 
 TASK = AffineTask.from_spec({"kind": "integer", "modulus": 13, "length": 8})
 

@@ -28,22 +28,22 @@ from test_extract import CHUNK_ROWS, N_TEXTS, extraction, texts, write_toy_datas
 from test_transitions import NAMES, write_store
 from transformers import AutoModelForCausalLM
 
-from residual_dynamics import extract
-from residual_dynamics.cae import SampleBlocks, fit_normaliser
-from residual_dynamics.extract import (
+from residual_dynamics.analysis.cae import SampleBlocks, fit_normaliser
+from residual_dynamics.analysis.mutual_information import transition_mutual_information
+from residual_dynamics.analysis.pca import pca_fit
+from residual_dynamics.analysis.rotations import rotation_summary
+from residual_dynamics.analysis.transitions import transition_statistics
+from residual_dynamics.analysis.unit_means import unit_means
+from residual_dynamics.inputs.models import load_model
+from residual_dynamics.io.store import StoreError, _plan_links, merge_shards, open_store
+from residual_dynamics.recording import extract
+from residual_dynamics.recording.extract import (
     ExtractionError,
     Extractor,
     extract_to_store,
     pad_token_id,
     record_activations,
 )
-from residual_dynamics.information import transition_mutual_information
-from residual_dynamics.models import load_model
-from residual_dynamics.reduction import pca_fit
-from residual_dynamics.rotations import rotation_summary
-from residual_dynamics.stats import unit_means
-from residual_dynamics.store import StoreError, _plan_links, merge_shards, open_store
-from residual_dynamics.transitions import transition_statistics
 from tiny_models import make_tokenizer, save_tiny_model
 
 # --------------------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ def constant_case(tmp_path):
 
 def test_a_constant_unit_has_nan_correlations_and_the_rest_equal_numpy(constant_case, caplog):
     path, _, planted = constant_case
-    with caplog.at_level(logging.WARNING, logger="residual_dynamics.transitions"):
+    with caplog.at_level(logging.WARNING, logger="residual_dynamics.analysis.transitions"):
         stats = transition_statistics(path, block_rows=64)
     assert "1 (sublayer, unit) pairs are constant" in caplog.text
     assert stats.attrs["n_constant"] == 1
@@ -486,7 +486,7 @@ def test_concurrent_shard_extractions_own_their_chunks_and_merge_to_one_store(
     # Real shards are separate processes. In threads, model loading must not overlap: transformers'
     # from_pretrained switches process-wide state (weight init, tying) and two loads at once leave
     # it wrong for every later load in this process (a later GPT-2 came back untied).
-    from residual_dynamics import models
+    from residual_dynamics.inputs import models
 
     load, loading = models.load_model, threading.Lock()
 

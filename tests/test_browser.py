@@ -204,7 +204,7 @@ def test_tall_page_screenshot_is_cut_and_says_so(chromium, tmp_path):
 
 def test_report_page_from_render_passes(chromium, tmp_path):
     """The real page builder: module sections with embedded figures and a table."""
-    from residual_dynamics.report import Figure, ModuleSection, Table, render
+    from residual_dynamics.report.page import Figure, ModuleSection, Table, render
 
     (tmp_path / "a.png").write_bytes(solid_png(60, 40, (255, 0, 0)))
     (tmp_path / "b.png").write_bytes(solid_png(30, 30, (0, 0, 255)))

@@ -10,7 +10,7 @@ from sklearn.metrics import explained_variance_score
 from test_transitions import NAMES, write_store
 from torch import nn
 
-from residual_dynamics.cae import (
+from residual_dynamics.analysis.cae import (
     CaeSettings,
     CompressingAutoencoder,
     cae_summary,
@@ -117,7 +117,7 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(planar_store, tmp_pa
 def test_a_cae_checkpoint_that_would_run_code_is_refused(planar_store, tmp_path):
     from test_training import _RunsCode
 
-    from residual_dynamics.checkpoints import UntrustedCheckpointError
+    from residual_dynamics.io.checkpoints import UntrustedCheckpointError
 
     marker = tmp_path / "code-ran"
     hostile = tmp_path / "cae_checkpoint.pt"

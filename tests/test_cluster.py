@@ -11,10 +11,12 @@ import pytest
 import torch
 import yaml
 
-from residual_dynamics import cluster
-from residual_dynamics import extract as ex
+from residual_dynamics.analysis import cluster
 from residual_dynamics.config import ConfigError, validate_config
-from residual_dynamics.extract import (
+from residual_dynamics.inputs.models import load_model
+from residual_dynamics.io.store import open_store
+from residual_dynamics.recording import extract as ex
+from residual_dynamics.recording.extract import (
     Extractor,
     HostCopy,
     Pending,
@@ -24,8 +26,6 @@ from residual_dynamics.extract import (
     pad_token_id,
     weight_bytes,
 )
-from residual_dynamics.models import load_model
-from residual_dynamics.store import open_store
 from tiny_models import WORDS, save_tiny_model
 
 
@@ -119,7 +119,7 @@ def test_slurm_worker_job_script_carries_the_settings():
 
 
 def test_transitions_dask_client_delegates_with_its_old_signature():
-    from residual_dynamics.transitions import dask_client
+    from residual_dynamics.analysis.transitions import dask_client
 
     with dask_client(threads=1, memory_limit="1GiB") as client:
         (worker,) = client.scheduler_info()["workers"].values()
@@ -302,7 +302,9 @@ def test_device_map_is_chosen_only_when_the_weights_do_not_fit(tiny_llama, monke
     assert fits_on_one_device(16 * 2**30, 80 * 2**30) and not fits_on_one_device(70, 80)
     need = weight_bytes("tiny", spec)
     # As on a GPU node: the device resolves to CUDA and the GPU has `free` bytes.
-    monkeypatch.setattr("residual_dynamics.models.resolve_device", lambda _: torch.device("cuda"))
+    monkeypatch.setattr(
+        "residual_dynamics.inputs.models.resolve_device", lambda _: torch.device("cuda")
+    )
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     for free, expected in ((need * 10, None), (need, "auto")):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, f=free: (f, 2 * f))
@@ -339,8 +341,8 @@ def test_paper_config_is_valid_offline_and_says_how_it_stores():
     shards that all hold texts at N = 1000."""
     from pathlib import Path
 
-    from residual_dynamics.extract import shard_bounds
-    from residual_dynamics.store import chunk_rows_for
+    from residual_dynamics.io.store import chunk_rows_for
+    from residual_dynamics.recording.extract import shard_bounds
 
     repo = Path(__file__).resolve().parents[1]
     config = validate_config(yaml.safe_load((repo / "config" / "paper.yaml").read_text()), repo)

@@ -412,9 +412,9 @@ def test_the_base_config_and_the_walk():
     """The base is valid, and the walk reached every part of the schema."""
     validate(BASE)
     assert {c.__module__ for c in PARSE_TIME_CHECKS} >= {
-        "residual_dynamics.affine_report",
-        "residual_dynamics.talking_heads",
-        "residual_dynamics.embedding_space",
+        "residual_dynamics.studies.affine.section",
+        "residual_dynamics.studies.talking_heads.analysis",
+        "residual_dynamics.studies.embedding_space.walk",
     }
     keys = {s.generic for s in SITES}
     for expected in (

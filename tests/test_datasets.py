@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from residual_dynamics import datasets
-from residual_dynamics.datasets import DatasetError
+from residual_dynamics.inputs import datasets
+from residual_dynamics.inputs.datasets import DatasetError
 
 
 def make_spec(**overrides):
@@ -163,7 +163,7 @@ def test_fewer_than_asked(tmp_path, caplog):
     assert "only 7 texts" in msg and "20" in msg
     assert "datasets.small.n_samples" in msg and "allow_fewer" in msg
 
-    with caplog.at_level("WARNING", logger="residual_dynamics.datasets"):
+    with caplog.at_level("WARNING", logger="residual_dynamics.inputs.datasets"):
         df = datasets.prepare_dataset("small", {**spec, "allow_fewer": True})
     assert len(df) == 7
     assert any("only 7" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from test_transitions import NAMES, write_store
 
-from residual_dynamics.reduction import _moments, _project, pca_fit
-from residual_dynamics.transitions import (
+from residual_dynamics.analysis.pca import _moments, _project, pca_fit
+from residual_dynamics.analysis.transitions import (
     _tile,
     dask_client,
     row_blocks,

@@ -20,9 +20,11 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from residual_dynamics import concept_similarity as cs
-from residual_dynamics import embedding_space as es
-from residual_dynamics.embedding_lens import (
+from residual_dynamics.inputs.models import load_model
+from residual_dynamics.recording.extract import Extractor
+from residual_dynamics.studies.embedding_space import concepts as cs
+from residual_dynamics.studies.embedding_space import walk as es
+from residual_dynamics.studies.embedding_space.lens import (
     EmbeddingSpaceError,
     check_model,
     lens_parts,
@@ -34,8 +36,6 @@ from residual_dynamics.embedding_lens import (
     spearman_rows,
     uniform_attention,
 )
-from residual_dynamics.extract import Extractor
-from residual_dynamics.models import load_model
 from tiny_models import WORDS, make_tokenizer, save_tiny_model
 
 SAMPLE = Path(__file__).parent / "data" / "hellaswag_sample.jsonl"
@@ -294,7 +294,7 @@ def test_walk_on_a_planted_path():
 
 
 def test_store_walk_equals_walk_of_the_array(tmp_path):
-    from residual_dynamics.store import create_store, finalise
+    from residual_dynamics.io.store import create_store, finalise
 
     rng = np.random.default_rng(0)
     names = ["attn0", "mlp0", "attn1", "mlp1", "final"]

@@ -19,8 +19,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import processors
 
-from residual_dynamics import datasets as ds
-from residual_dynamics.extract import (
+from residual_dynamics.inputs import datasets as ds
+from residual_dynamics.inputs.models import load_model
+from residual_dynamics.io.store import (
+    FORMAT_VERSION,
+    ROW_ARRAYS,
+    STORE_ATTRS,
+    StoreError,
+    merge_shards,
+    open_store,
+)
+from residual_dynamics.recording.extract import (
     ExtractionError,
     Extractor,
     pad_token_id,
@@ -30,15 +39,6 @@ from residual_dynamics.extract import (
     shard_bounds,
     shuffle_tokens,
     tokenise,
-)
-from residual_dynamics.models import load_model
-from residual_dynamics.store import (
-    FORMAT_VERSION,
-    ROW_ARRAYS,
-    STORE_ATTRS,
-    StoreError,
-    merge_shards,
-    open_store,
 )
 from tiny_models import FAMILIES, WORDS, make_tokenizer, save_tiny_model
 

@@ -16,15 +16,15 @@ import torch
 from torch import nn
 from transformers import GPTNeoXModel
 
-from residual_dynamics.extract import Extractor, pad_token_id
-from residual_dynamics.hooks import (
+from residual_dynamics.inputs.models import load_model
+from residual_dynamics.recording.extract import Extractor, pad_token_id
+from residual_dynamics.recording.hooks import (
     ARCHITECTURES,
     ResidualRecorder,
     UnsupportedArchitectureError,
     architecture_for,
     sublayer_names,
 )
-from residual_dynamics.models import load_model
 from tiny_models import FAMILIES, make_config, make_tokenizer, save_tiny_model
 
 TEXTS = (

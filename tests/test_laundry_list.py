@@ -11,8 +11,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from residual_dynamics import laundry_list as ll
-from residual_dynamics.extract import resolve_add_bos
+from residual_dynamics.recording.extract import resolve_add_bos
+from residual_dynamics.studies.talking_heads import laundry_task as ll
 from tiny_models import make_tokenizer
 
 N_ALL = range(2, ll.MAX_ITEMS + 1)
@@ -206,7 +206,7 @@ def test_accuracy_curve_with_an_oracle_and_a_length_limit():
 
 
 def test_accuracy_curve_on_a_tiny_gpt2_end_to_end():
-    from residual_dynamics.talking_heads import Runner
+    from residual_dynamics.studies.talking_heads.analysis import Runner
 
     tokenizer = laundry_tokenizer()
     model = tiny_gpt2(tokenizer)

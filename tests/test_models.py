@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from residual_dynamics import models
-from residual_dynamics.models import ModelLoadError, load_model
+from residual_dynamics.inputs import models
+from residual_dynamics.inputs.models import ModelLoadError, load_model
 from tiny_models import save_tiny_model
 
 

@@ -30,7 +30,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from residual_dynamics.mutual_information import mi_gaussian, mi_kde, mi_kde_reference, mi_ksg
+from residual_dynamics.analysis.mi_estimators import mi_gaussian, mi_kde, mi_kde_reference, mi_ksg
 
 N = 1000
 

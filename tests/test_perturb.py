@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from residual_dynamics.models import load_model
-from residual_dynamics.perturb import (
+from residual_dynamics.analysis.perturbation import (
     PcaBasis,
     PerturbationError,
     Reentry,
@@ -18,6 +17,7 @@ from residual_dynamics.perturb import (
     recovery_summary,
     teleport_grid,
 )
+from residual_dynamics.inputs.models import load_model
 from tiny_models import make_tokenizer, save_tiny_model
 
 

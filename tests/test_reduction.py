@@ -7,7 +7,7 @@ import pytest
 from sklearn.decomposition import PCA
 from test_transitions import NAMES, write_store
 
-from residual_dynamics.reduction import pca_fit, pca_summary
+from residual_dynamics.analysis.pca import pca_fit, pca_summary
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_samples_with_non_finite_values_are_left_out_whole(low_rank_store, tmp_p
 
 
 def test_figure_4c_reads_at_the_papers_share_of_the_width(low_rank_store):
-    from residual_dynamics.reduction import read_at
+    from residual_dynamics.analysis.pca import read_at
 
     assert read_at(4096) == 100 and read_at(384) == 9 and read_at(24) == 2 and read_at(24, 5) == 5
     path, _ = low_rank_store

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from residual_dynamics.report import Section, render
-from residual_dynamics.store import create_store, finalise, temporary_path
+from residual_dynamics.io.store import create_store, finalise, temporary_path
+from residual_dynamics.report.page import Section, render
 
 
 def make_store(path, norm: str):
@@ -34,7 +34,7 @@ def test_module_section_manifest_round_trips_and_renders_escaped(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from residual_dynamics.report import (
+    from residual_dynamics.report.page import (
         Figure,
         Table,
         read_section_manifest,
@@ -94,7 +94,7 @@ def summary_with(correlation, cosine, velocity, mi, kinds=None, rotations=0.0, r
 
 
 def test_claims_read_the_paper_signatures_from_a_summary():
-    from residual_dynamics.claims import evaluate
+    from residual_dynamics.paper.claims import evaluate
 
     # The paper's shape: high, rising correlation (within > cross), cosine rising, velocity
     # peaking at the end and faster across layers, MI dropping after t0.
@@ -140,7 +140,7 @@ def test_claims_read_the_paper_signatures_from_a_summary():
 
 
 def test_controls_are_the_untrained_twin_and_the_shuffled_texts_the_runs_record():
-    from residual_dynamics.claims import controls_of
+    from residual_dynamics.paper.claims import controls_of
 
     config = {
         "models": {
@@ -167,8 +167,8 @@ def test_page_shows_claims_beside_controls_and_the_comparison(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from residual_dynamics.claims import evaluate
-    from residual_dynamics.report import Figure, add_claim_verdicts
+    from residual_dynamics.paper.claims import evaluate
+    from residual_dynamics.report.page import Figure, add_claim_verdicts
 
     good = evaluate(summary_with([0.9, 0.8, 0.95], [0.5, 0.8, 0.9], [1, 2, 3], [3, 1, 1]), None)
     bad = evaluate(summary_with([0.1, 0.2, 0.1], [0.9, 0.5, 0.4], [3, 2, 1], [1, 1, 1]), None)
@@ -202,7 +202,7 @@ def test_page_shows_claims_beside_controls_and_the_comparison(tmp_path):
 
 
 def test_comparison_figure_overlays_recordings_on_normalised_depth():
-    from residual_dynamics.plotting import comparison_figure, recording_styles
+    from residual_dynamics.paper.panels_dynamics import comparison_figure, recording_styles
 
     config = {
         "models": {"a": {"package": "p"}, "a0": {"package": "p", "init": "random"}},

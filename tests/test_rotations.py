@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from residual_dynamics.rotations import (
+from residual_dynamics.analysis.rotations import (
     SURROGATE_KINDS,
     compare_to_null,
     pair_shuffle_null,

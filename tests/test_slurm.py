@@ -22,7 +22,7 @@ import yaml
 from slurm_cluster import start_cluster, unavailable_reason
 from test_workflow import write_texts
 
-from residual_dynamics.store import open_store
+from residual_dynamics.io.store import open_store
 from tiny_models import save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,8 +189,8 @@ def assert_same_numbers(a, b, path: str = "summary") -> None:
 def test_dask_workers_as_slurm_jobs_give_the_local_statistics(slurm, local_run, monkeypatch):
     """dask.cluster: slurm -- the analysis job becomes a scheduler and its workers are SLURM jobs
     (dask-jobqueue); the statistics equal those computed by the local cluster."""
-    from residual_dynamics.cluster import dask_client
-    from residual_dynamics.transitions import transition_statistics
+    from residual_dynamics.analysis.cluster import dask_client
+    from residual_dynamics.analysis.transitions import transition_statistics
 
     store = local_run / "results" / "activations" / MODEL / f"{DATASET}.zarr"
     for key, value in slurm.env.items():

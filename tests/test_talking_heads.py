@@ -13,8 +13,8 @@ import xarray as xr
 import yaml
 from test_laundry_list import laundry_tokenizer, tiny_gpt2
 
-from residual_dynamics import talking_heads as th
 from residual_dynamics.config import validate_config
+from residual_dynamics.studies.talking_heads import analysis as th
 from tiny_models import make_tokenizer, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -386,7 +386,7 @@ SETTINGS = {
 
 
 def test_module_end_to_end_on_a_tiny_gpt2(tmp_path):
-    from residual_dynamics.report import read_section_manifest
+    from residual_dynamics.report.page import read_section_manifest
 
     tokenizer = laundry_tokenizer()
     model = tiny_gpt2(tokenizer, n_layers=3, seed=7)
@@ -449,7 +449,7 @@ def test_laundry_list_is_skipped_on_a_tokenizer_without_the_objects(tmp_path, ca
         figures=[outputs],
         n_outliers=3,
     )
-    from residual_dynamics.report import read_section_manifest
+    from residual_dynamics.report.page import read_section_manifest
 
     section = read_section_manifest(tmp_path / "s.json")
     assert len(section.figures) == 2

@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from residual_dynamics import datasets
 from residual_dynamics.config import ConfigError, validate_config
-from residual_dynamics.tasks import (
+from residual_dynamics.inputs import datasets
+from residual_dynamics.inputs.tasks import (
     AffineTask,
     TaskError,
     sequences_to_texts,

@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from residual_dynamics import models, training_report
 from residual_dynamics.config import ConfigError, validate_config
-from residual_dynamics.models import ModelLoadError, load_model
-from residual_dynamics.training import (
+from residual_dynamics.inputs import models
+from residual_dynamics.inputs.models import ModelLoadError, load_model
+from residual_dynamics.inputs.training import (
     TrainingError,
     TrainSettings,
     bpe_tokenizer,
     learning_rate,
     train_model,
 )
+from residual_dynamics.report import trained_models as training_report
 from tiny_models import CORPUS
 
 TASK = {"task": {"kind": "affine", "modulus": 11, "length": 6}}
@@ -251,7 +252,7 @@ class _RunsCode:
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_before_it_runs(tmp_path):
-    from residual_dynamics.checkpoints import UntrustedCheckpointError
+    from residual_dynamics.io.checkpoints import UntrustedCheckpointError
 
     marker = tmp_path / "code-ran"
     hostile = tmp_path / "ckpt" / "checkpoint.pt"

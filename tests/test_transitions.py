@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from residual_dynamics.store import create_store, finalise, temporary_path
-from residual_dynamics.transitions import (
+from residual_dynamics.analysis.transitions import (
     correlation_histograms,
     dask_client,
     transition_kind,
     transition_statistics,
 )
+from residual_dynamics.io.store import create_store, finalise, temporary_path
 
 NAMES = ["attn0", "mlp0", "attn1", "mlp1", "attn2", "mlp2", "final"]
 

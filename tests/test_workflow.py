@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from residual_dynamics.store import open_store
+from residual_dynamics.io.store import open_store
 from tiny_models import WORDS, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,7 +165,7 @@ def test_run_produces_stores_figures_and_report(tiny_run):
 
 def test_sharded_store_equals_a_single_extraction(tiny_run):
     """2 shards, merged, hold exactly what one extraction of the whole dataset writes."""
-    from residual_dynamics.extract import record_activations
+    from residual_dynamics.recording.extract import record_activations
 
     work, config_path, _ = tiny_run
     config = yaml.safe_load(config_path.read_text())

@@ -296,7 +296,7 @@ def _task_size(task: dict) -> tuple[int, int, int]:
 
 
 def _check_task(name: str, spec: dict) -> list[str]:
-    from .tasks import AffineTask, TaskError
+    from residual_dynamics.inputs.tasks import AffineTask, TaskError
 
     problems = []
     where = f"datasets.{name}.task"
@@ -349,7 +349,7 @@ def validate_config(config: dict, base_dir: Path | str = ".") -> dict:
 
 def _check_modules(config: dict) -> list[str]:
     """Checks of module sections that a schema cannot express."""
-    from . import cluster
+    from residual_dynamics.analysis import cluster
 
     problems = cluster.check_config(config)
     perturbation = config.get("perturbation", {})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .config import SCHEMA_PATH, load_schema
+from residual_dynamics.config import SCHEMA_PATH, load_schema
 
 README = SCHEMA_PATH.parents[2] / "config" / "README.md"
 

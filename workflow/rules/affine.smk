@@ -1,8 +1,7 @@
 # Affine recurrences in a small GPT (Bhargav & Gu, arXiv 2410.17438): copying in layer 0 and
 # negative-similarity heads in the last layer, measured on held-out (a, b). Switched on with
 # affine.enabled; adds one report section.
-from residual_dynamics import affine_report as _affine_report
-
+from residual_dynamics.studies.affine import section as _affine_report
 AFFINE = config["affine"]
 
 if AFFINE["enabled"]:

@@ -2,8 +2,7 @@
 # and proximity to token embeddings per sublayer (the model run again over a sample of texts),
 # the encoding walk (read from the activation stores), the uniform-attention ablation and the
 # HellaSwag concept-similarity test. Switched on with embedding_space.enabled.
-from residual_dynamics import embedding_space as _embedding_space
-
+from residual_dynamics.studies.embedding_space import walk as _embedding_space
 EMBEDDING_SPACE = config["embedding_space"]
 if EMBEDDING_SPACE["enabled"]:
     # Checks the schema cannot express (models with an LM head, recorded in runs), named by key.

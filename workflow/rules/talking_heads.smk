@@ -1,8 +1,7 @@
 # Talking Heads (related-analyses B, Merullo, Eickhoff & Pavlick arXiv 2406.09519): weights-only
 # composition between heads and the SVD components of each OV, then the Laundry List task and
 # interventions on the mover head. GPT-2-style models only. Switched on with talking_heads.enabled.
-from residual_dynamics import talking_heads as _talking_heads
-
+from residual_dynamics.studies.talking_heads import analysis as _talking_heads
 TALKING_HEADS = config["talking_heads"]
 if TALKING_HEADS["enabled"]:
     # Checks the schema cannot express (models defined and GPT-2-style), each named by key.

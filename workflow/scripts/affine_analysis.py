@@ -4,11 +4,12 @@ import json
 
 import torch
 
-from residual_dynamics import affine, datasets
-from residual_dynamics.atomic import write_text_atomic
-from residual_dynamics.logs import setup_logging
-from residual_dynamics.models import load_model
-from residual_dynamics.tasks import AffineTask, texts_to_sequences
+from residual_dynamics.inputs import datasets
+from residual_dynamics.inputs.models import load_model
+from residual_dynamics.inputs.tasks import AffineTask, texts_to_sequences
+from residual_dynamics.io.atomic import write_text_atomic
+from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.studies.affine import analysis as affine
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -5,9 +5,9 @@ import os
 
 import torch
 
-from residual_dynamics.atomic import write_text_atomic
-from residual_dynamics.concept_similarity import run_concept_similarity
-from residual_dynamics.logs import setup_logging
+from residual_dynamics.io.atomic import write_text_atomic
+from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.studies.embedding_space.concepts import run_concept_similarity
 
 setup_logging(snakemake.log[0])
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -5,9 +5,9 @@ import os
 
 import torch
 
-from residual_dynamics.embedding_lens import record_lens
-from residual_dynamics.embedding_space import write_arrays
-from residual_dynamics.logs import setup_logging
+from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.studies.embedding_space.lens import record_lens
+from residual_dynamics.studies.embedding_space.walk import write_arrays
 
 setup_logging(snakemake.log[0])
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-from residual_dynamics.atomic import write_text_atomic
-from residual_dynamics.embedding_space import read_arrays, section_manifest, summarise
-from residual_dynamics.logs import setup_logging
+from residual_dynamics.io.atomic import write_text_atomic
+from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.studies.embedding_space.walk import read_arrays, section_manifest, summarise
 
 setup_logging(snakemake.log[0])
 sm = snakemake

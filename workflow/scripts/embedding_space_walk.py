@@ -1,8 +1,8 @@
 """Rule embedding_space_walk: the encoding walk (attention and MLP steps, path length,
 displacement) of every row of an activation store."""
 
-from residual_dynamics.embedding_space import store_walk, write_arrays
-from residual_dynamics.logs import setup_logging
+from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.studies.embedding_space.walk import store_walk, write_arrays
 
 setup_logging(snakemake.log[0])
 arrays, attrs = store_walk(snakemake.input.store)

@@ -4,8 +4,8 @@ import os
 
 import torch
 
-from residual_dynamics.extract import record_activations
-from residual_dynamics.logs import setup_logging
+from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.recording.extract import record_activations
 
 setup_logging(snakemake.log[0])
 # Models come from packages, local paths or the user's Hub cache; never block on the network here.

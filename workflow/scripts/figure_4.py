@@ -2,8 +2,8 @@
 
 import xarray as xr
 
-from residual_dynamics.figures import figure_4abc
-from residual_dynamics.logs import setup_logging
+from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.paper.figures import figure_4abc
 
 setup_logging(snakemake.log[0])
 figure_4abc(

@@ -2,9 +2,9 @@
 
 import torch
 
-from residual_dynamics.information import transition_mutual_information
-from residual_dynamics.logs import setup_logging
-from residual_dynamics.stats import write_dataset_atomic
+from residual_dynamics.analysis.mutual_information import transition_mutual_information
+from residual_dynamics.analysis.unit_means import write_dataset_atomic
+from residual_dynamics.io.logs import setup_logging
 
 setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -1,9 +1,9 @@
 """Rule pca: global PCA of a store over all samples and sublayers (Figure 4A-4C), out of core."""
 
-from residual_dynamics.logs import setup_logging
-from residual_dynamics.reduction import pca_fit
-from residual_dynamics.stats import write_dataset_atomic
-from residual_dynamics.transitions import dask_client
+from residual_dynamics.analysis.pca import pca_fit
+from residual_dynamics.analysis.transitions import dask_client
+from residual_dynamics.analysis.unit_means import write_dataset_atomic
+from residual_dynamics.io.logs import setup_logging
 
 
 def main(sm) -> None:

@@ -3,9 +3,9 @@
 import torch
 import xarray as xr
 
-from residual_dynamics.logs import setup_logging
-from residual_dynamics.perturb import run_perturbations
-from residual_dynamics.stats import write_dataset_atomic
+from residual_dynamics.analysis.perturbation import run_perturbations
+from residual_dynamics.analysis.unit_means import write_dataset_atomic
+from residual_dynamics.io.logs import setup_logging
 
 sm = snakemake
 setup_logging(sm.log[0])

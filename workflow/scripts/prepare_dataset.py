@@ -1,7 +1,7 @@
 """Rule prepare_dataset: a dataset spec -> results/data/{dataset}.parquet."""
 
-from residual_dynamics import datasets
-from residual_dynamics.logs import setup_logging
+from residual_dynamics.inputs import datasets
+from residual_dynamics.io.logs import setup_logging
 
 setup_logging(snakemake.log[0])
 

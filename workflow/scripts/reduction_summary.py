@@ -2,8 +2,8 @@
 
 import xarray as xr
 
-from residual_dynamics.logs import setup_logging
-from residual_dynamics.summary import reduction_summary, write_json
+from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.paper.summary import reduction_summary, write_json
 
 sm = snakemake
 setup_logging(sm.log[0])

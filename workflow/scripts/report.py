@@ -5,9 +5,9 @@ from pathlib import Path
 
 import xarray as xr
 
-from residual_dynamics.claims import controls_of, evaluate
-from residual_dynamics.logs import setup_logging
-from residual_dynamics.report import (
+from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.paper.claims import controls_of, evaluate
+from residual_dynamics.report.page import (
     Figure,
     Section,
     add_claim_verdicts,

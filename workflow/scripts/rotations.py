@@ -2,10 +2,10 @@
 
 import xarray as xr
 
-from residual_dynamics.logs import setup_logging
-from residual_dynamics.rotations import rotation_summary
-from residual_dynamics.stats import write_dataset_atomic
-from residual_dynamics.summary import rotations_dataset
+from residual_dynamics.analysis.rotations import rotation_summary
+from residual_dynamics.analysis.unit_means import write_dataset_atomic
+from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.paper.summary import rotations_dataset
 
 setup_logging(snakemake.log[0])
 settings = snakemake.params.settings

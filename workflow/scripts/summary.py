@@ -2,8 +2,8 @@
 
 import xarray as xr
 
-from residual_dynamics.logs import setup_logging
-from residual_dynamics.summary import build_summary, write_json
+from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.paper.summary import build_summary, write_json
 
 setup_logging(snakemake.log[0])
 summary = build_summary(

@@ -7,10 +7,10 @@ import os
 import torch
 import xarray as xr
 
-from residual_dynamics.extract import resolve_add_bos
-from residual_dynamics.logs import setup_logging
-from residual_dynamics.models import context_window, load_model
-from residual_dynamics.talking_heads import (
+from residual_dynamics.inputs.models import context_window, load_model
+from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.recording.extract import resolve_add_bos
+from residual_dynamics.studies.talking_heads.analysis import (
     check_gpt2,
     laundry_list_analysis,
     skipped_dataset,

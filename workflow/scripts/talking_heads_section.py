@@ -4,8 +4,8 @@ from pathlib import Path
 
 import xarray as xr
 
-from residual_dynamics.logs import setup_logging
-from residual_dynamics.talking_heads import FIGURES, write_section
+from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.studies.talking_heads.analysis import FIGURES, write_section
 
 setup_logging(snakemake.log[0])
 models = list(snakemake.params.models)

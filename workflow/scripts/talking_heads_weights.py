@@ -6,9 +6,13 @@ import time
 
 import torch
 
-from residual_dynamics.logs import setup_logging
-from residual_dynamics.models import load_model
-from residual_dynamics.talking_heads import check_gpt2, weights_analysis, write_dataset
+from residual_dynamics.inputs.models import load_model
+from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.studies.talking_heads.analysis import (
+    check_gpt2,
+    weights_analysis,
+    write_dataset,
+)
 
 setup_logging(snakemake.log[0])
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

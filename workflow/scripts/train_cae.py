@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from residual_dynamics.atomic import move_into_place, partial_path
-from residual_dynamics.cae import CaeSettings, evaluate_cae, train_cae
-from residual_dynamics.logs import setup_logging
-from residual_dynamics.stats import write_dataset_atomic
+from residual_dynamics.analysis.cae import CaeSettings, evaluate_cae, train_cae
+from residual_dynamics.analysis.unit_means import write_dataset_atomic
+from residual_dynamics.io.atomic import move_into_place, partial_path
+from residual_dynamics.io.logs import setup_logging
 
 sm = snakemake
 setup_logging(sm.log[0])

@@ -3,9 +3,9 @@
 import os
 from pathlib import Path
 
-from residual_dynamics import datasets
-from residual_dynamics.logs import setup_logging
-from residual_dynamics.training import train_model
+from residual_dynamics.inputs import datasets
+from residual_dynamics.inputs.training import train_model
+from residual_dynamics.io.logs import setup_logging
 
 setup_logging(snakemake.log[0])
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-from residual_dynamics import training_report
-from residual_dynamics.logs import setup_logging
-from residual_dynamics.report import write_section_manifest
+from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.report import trained_models as training_report
+from residual_dynamics.report.page import write_section_manifest
 
 setup_logging(snakemake.log[0])
 

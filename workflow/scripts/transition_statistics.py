@@ -1,8 +1,8 @@
 """Rule transition_statistics: correlations, cosine and velocity across sublayers (Fig. 1C-1F)."""
 
-from residual_dynamics.logs import setup_logging
-from residual_dynamics.stats import write_dataset_atomic
-from residual_dynamics.transitions import dask_client, transition_statistics
+from residual_dynamics.analysis.transitions import dask_client, transition_statistics
+from residual_dynamics.analysis.unit_means import write_dataset_atomic
+from residual_dynamics.io.logs import setup_logging
 
 
 def main(sm) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from . import plotting
-from .rotations import phase_portrait
-from .transitions import correlation_histograms
+from residual_dynamics.analysis.rotations import phase_portrait
+from residual_dynamics.analysis.transitions import correlation_histograms
+from residual_dynamics.paper import panels_dynamics as plotting
 
 NULL_NAMES = ("pair_shuffle", "random_walk", "ar1", "phase")
 
@@ -102,8 +102,8 @@ def figure_2(means, rotations, *, outputs: dict, formats, dpi: int) -> None:
 
 def figure_3(cae: xr.Dataset, *, outputs: dict, formats, dpi: int, label: str) -> None:
     """Figure 3B-3D from the CAE's test-set evaluation."""
-    from . import plotting_reduction as pr
-    from .transitions import transition_kind
+    from residual_dynamics.analysis.transitions import transition_kind
+    from residual_dynamics.paper import panels_reduction as pr
 
     names = list(cae["sublayer"].values)
     n_test = cae.sizes["sample"]
@@ -132,7 +132,7 @@ def figure_3(cae: xr.Dataset, *, outputs: dict, formats, dpi: int, label: str) -
 
 def figure_4abc(pca: xr.Dataset, *, outputs: dict, formats, dpi: int, label: str) -> None:
     """Figure 4A-4C from the global PCA."""
-    from . import plotting_reduction as pr
+    from residual_dynamics.paper import panels_reduction as pr
 
     names = list(pca["sublayer"].values)
     own = pca["sublayer_cumulative_own"].values if "sublayer_cumulative_own" in pca else None
@@ -168,7 +168,7 @@ def figure_4d(
     pca: xr.Dataset, perturbation: xr.Dataset, *, outputs: dict, formats, dpi: int, label: str
 ) -> None:
     """Figure 4D (teleports) and the recovery measures per layer (4E, beyond the paper)."""
-    from . import plotting_reduction as pr
+    from residual_dynamics.paper import panels_reduction as pr
 
     names = list(perturbation["sublayer"].values)
     layers = [int(x) for x in perturbation["layer"].values]

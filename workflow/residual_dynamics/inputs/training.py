@@ -39,9 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import move_into_place, partial_path
-from .checkpoints import load_tensors
-from .tasks import AffineTask, task_tokenizer
+from residual_dynamics.inputs.tasks import AffineTask, task_tokenizer
+from residual_dynamics.io.atomic import move_into_place, partial_path
+from residual_dynamics.io.checkpoints import load_tensors
 
 log = logging.getLogger(__name__)
 

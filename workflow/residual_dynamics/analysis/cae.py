@@ -26,10 +26,10 @@ import xarray as xr
 from torch import nn
 from tqdm.auto import tqdm
 
-from .atomic import move_into_place, partial_path
-from .checkpoints import load_tensors
-from .stats import analysed_sublayers
-from .store import open_store
+from residual_dynamics.analysis.unit_means import analysed_sublayers
+from residual_dynamics.io.atomic import move_into_place, partial_path
+from residual_dynamics.io.checkpoints import load_tensors
+from residual_dynamics.io.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def train_cae(
     progress: bool = True,
 ) -> TrainedCae:
     """Train the CAE on a store; resumes from ``checkpoint`` when one is there."""
-    from .models import resolve_device
+    from residual_dynamics.inputs.models import resolve_device
 
     device = resolve_device(settings.device)
     group = open_store(store_path)
@@ -302,7 +302,7 @@ def explained_variance(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
 def evaluate_cae(store_path, trained: TrainedCae, settings: CaeSettings) -> xr.Dataset:
     """Latent trajectories, successive latent distances and reconstruction quality on the test
     samples, measured in the normalised space the CAE was trained in."""
-    from .models import resolve_device
+    from residual_dynamics.inputs.models import resolve_device
 
     device = resolve_device(settings.device)
     test = SampleBlocks(store_path, trained.split[2], trained.keep, settings.memory_gib)

@@ -18,8 +18,8 @@ import dask
 import numpy as np
 import xarray as xr
 
-from .stats import analysed_sublayers
-from .store import open_store
+from residual_dynamics.analysis.unit_means import analysed_sublayers
+from residual_dynamics.io.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def dask_client(
     """A Dask client: an existing scheduler when ``address`` is given, else a LocalCluster sized
     from the rule's threads (one worker process, so its memory limit is enforced by the nanny),
     or what the config's ``dask`` section (``settings``) chooses; see residual_dynamics.cluster."""
-    from .cluster import dask_client as cluster_client
+    from residual_dynamics.analysis.cluster import dask_client as cluster_client
 
     return cluster_client(settings, threads=threads, memory_limit=memory_limit, address=address)
 

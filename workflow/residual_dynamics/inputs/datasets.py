@@ -239,7 +239,7 @@ def load_texts(name: str, spec: dict) -> list[str]:
     elif source == "file":
         texts = _load_file(name, spec["file"])
     elif source == "task":
-        from .tasks import task_frame
+        from residual_dynamics.inputs.tasks import task_frame
 
         texts = list(task_frame(name, spec, _check_seed(name, spec.get("seed", 0)))["text"])
     else:
@@ -330,7 +330,7 @@ def prepare_dataset(name: str, spec: dict, parent: pd.DataFrame | None = None) -
         return df
 
     if source == "task":
-        from .tasks import task_frame
+        from residual_dynamics.inputs.tasks import task_frame
 
         frame = task_frame(name, spec, seed)
         extra = _frame(frame["text_id"].to_numpy(), list(frame["text"]), shuffle_tokens, seed)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .hooks import architecture_for
+from residual_dynamics.recording.hooks import architecture_for
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ def lens_run(
     with_uniform_attention: bool = True,
 ) -> tuple[dict[str, tuple[tuple[str, ...], np.ndarray]], dict]:
     """Everything the lens rule computes: (arrays name -> (dims, values), attributes)."""
-    from .extract import Extractor, pad_token_id
+    from residual_dynamics.recording.extract import Extractor, pad_token_id
 
     parts = lens_parts(model)
     pad_id = pad_token_id(tokenizer)
@@ -442,7 +442,7 @@ def lens_run(
 
 def walk_from_rows(resid: np.ndarray, sublayers: Sequence[str]) -> dict[str, np.ndarray]:
     """The encoding walk's per-layer delta norms for rows recorded at every sublayer."""
-    from .embedding_space import encoding_walk
+    from residual_dynamics.studies.embedding_space.walk import encoding_walk
 
     walk = encoding_walk(resid, sublayers)
     return {
@@ -462,9 +462,14 @@ def record_lens(
     settings: dict,
 ) -> tuple[dict, dict]:
     """Everything the lens rule does: a prepared dataset and a model spec in, arrays out."""
-    from . import datasets as ds
-    from .extract import package_versions, resolve_add_bos, shuffle_tokens, tokenise
-    from .models import context_window, load_model
+    from residual_dynamics.inputs import datasets as ds
+    from residual_dynamics.inputs.models import context_window, load_model
+    from residual_dynamics.recording.extract import (
+        package_versions,
+        resolve_add_bos,
+        shuffle_tokens,
+        tokenise,
+    )
 
     frame, meta = ds.read_dataset(dataset_path)
     if len(frame) == 0:

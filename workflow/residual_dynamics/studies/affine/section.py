@@ -51,7 +51,7 @@ def figures(results: dict[str, dict], paths: dict[str, list], dpi: int = 150) ->
     paths (PNG, SVG, ...)."""
     import matplotlib.pyplot as plt
 
-    from .plotting import PALETTE, save, set_style
+    from residual_dynamics.paper.panels_dynamics import PALETTE, save, set_style
 
     set_style()
     names = list(results)
@@ -173,7 +173,7 @@ def section(results: dict[str, dict], pngs: dict[str, str]) -> dict:
     """Title, intro, figures, tables and notes of the report section (HTML, escaped)."""
     import html
 
-    from .report import Figure, Table
+    from residual_dynamics.report.page import Figure, Table
 
     names = list(results)
     main_name = names[0]

@@ -638,7 +638,7 @@ def laundry_list_analysis(
     ``settings`` is the ``talking_heads`` config block. Returns a dataset with ``skipped`` set and
     a reason when the tokenizer cannot encode the task's words.
     """
-    from . import laundry_list as ll
+    from residual_dynamics.studies.talking_heads import laundry_task as ll
 
     task = settings["laundry_list"]
     problems = ll.check_vocabulary(tokenizer)
@@ -843,7 +843,7 @@ def check_config(config: dict, base_dir: Path | str = ".") -> list[str]:
     Model architectures are checked here when the model's config.json is on disk (path and package
     models) or from ``train.architecture``; Hub models are checked when the rule loads them.
     """
-    from .models import ModelLoadError, package_model_dir
+    from residual_dynamics.inputs.models import ModelLoadError, package_model_dir
 
     block = config.get("talking_heads", {})
     if not block.get("enabled"):
@@ -901,7 +901,7 @@ def check_config(config: dict, base_dir: Path | str = ".") -> list[str]:
 def _text_figure(text: str):
     import matplotlib.pyplot as plt
 
-    from .plotting import set_style
+    from residual_dynamics.paper.panels_dynamics import set_style
 
     set_style()
     fig, ax = plt.subplots(figsize=(6, 1.6))
@@ -915,7 +915,7 @@ def composition_figure(data: xr.Dataset, title: str):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from .plotting import set_style
+    from residual_dynamics.paper.panels_dynamics import set_style
 
     set_style()
     n_layers, n_heads = int(data.attrs["n_layers"]), int(data.attrs["n_heads"])
@@ -949,7 +949,7 @@ def components_figure(data: xr.Dataset, heads: dict, kind: str, title: str):
     """Component z-scores of every earlier head into the mover, and the inhibition heads' scores."""
     import matplotlib.pyplot as plt
 
-    from .plotting import PALETTE, set_style
+    from residual_dynamics.paper.panels_dynamics import PALETTE, set_style
 
     set_style()
     mover = heads["mover"]
@@ -996,7 +996,7 @@ def components_figure(data: xr.Dataset, heads: dict, kind: str, title: str):
 def laundry_figure(result: xr.Dataset, title: str):
     import matplotlib.pyplot as plt
 
-    from .plotting import PALETTE, set_style
+    from residual_dynamics.paper.panels_dynamics import PALETTE, set_style
 
     if result.attrs.get("skipped"):
         return _text_figure(f"Laundry List skipped: {result.attrs.get('reason')}")
@@ -1036,7 +1036,7 @@ def laundry_figure(result: xr.Dataset, title: str):
 def interventions_figure(result: xr.Dataset, title: str):
     import matplotlib.pyplot as plt
 
-    from .plotting import PALETTE, set_style
+    from residual_dynamics.paper.panels_dynamics import PALETTE, set_style
 
     if result.attrs.get("skipped") or "steering_accuracy_vocab" not in result:
         reason = result.attrs.get("reason") or "interventions were not run"
@@ -1085,7 +1085,7 @@ def grid_figure(result: xr.Dataset, title: str):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from .plotting import set_style
+    from residual_dynamics.paper.panels_dynamics import set_style
 
     if "grid_attended_index" not in result:
         reason = result.attrs.get("reason") or "fewer than three components or no interventions"
@@ -1244,7 +1244,7 @@ def section_captions(model: str, weights: xr.Dataset, result: xr.Dataset, heads:
 
 
 def outlier_table(model: str, weights: xr.Dataset, kind: str, n: int):
-    from .report import Table
+    from residual_dynamics.report.page import Table
 
     rows = [
         [r["label"], r["target"], round(r["z"], 2), round(r["score"], 4)]
@@ -1258,7 +1258,7 @@ def outlier_table(model: str, weights: xr.Dataset, kind: str, n: int):
 
 
 def accuracy_table(model: str, result: xr.Dataset):
-    from .report import Table
+    from residual_dynamics.report.page import Table
 
     rows = [
         [
@@ -1293,7 +1293,7 @@ def write_figures(
     A part that did not run (the Laundry List on a tokenizer without the objects) gets a small
     figure that says why, so the set of files is always the same.
     """
-    from .plotting import save
+    from residual_dynamics.paper.panels_dynamics import save
 
     heads = heads_of(weights)
     directory = Path(directory)
@@ -1325,7 +1325,7 @@ def write_section(
     n_outliers: int,
 ) -> None:
     """The module's report section (a JSON manifest) for every analysed model."""
-    from .report import Figure, write_section_manifest
+    from residual_dynamics.report.page import Figure, write_section_manifest
 
     all_figures, tables, notes = [], [], []
     notes.append(
@@ -1390,7 +1390,7 @@ def model_key(block: dict, model: str) -> str:
 def write_dataset(data: xr.Dataset, path: Path | str) -> None:
     """Write atomically, with text labels as variable-length strings (Zarr v3 has no stable
     fixed-width string type)."""
-    from .stats import write_dataset_atomic
+    from residual_dynamics.analysis.unit_means import write_dataset_atomic
 
     data = data.copy()
     for name, variable in {**data.coords, **data.data_vars}.items():
@@ -1400,7 +1400,7 @@ def write_dataset(data: xr.Dataset, path: Path | str) -> None:
 
 
 def write_json(path, payload) -> None:
-    from .atomic import write_text_atomic
+    from residual_dynamics.io.atomic import write_text_atomic
 
     write_text_atomic(path, json.dumps(payload, indent=1, default=_json_default))
 

@@ -223,7 +223,7 @@ PAPER_TRANSITIONS = 62
 def recording_styles(config: dict, recordings) -> dict:
     """Colour per model family (a model and its untrained twin share one), line style per control:
     solid for a trained model on its texts, dotted for the untrained twin, dashed for shuffled tokens."""
-    from .claims import model_source
+    from residual_dynamics.paper.claims import model_source
 
     models, datasets = config.get("models", {}), config.get("datasets", {})
 

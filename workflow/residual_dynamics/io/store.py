@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .atomic import move_into_place, partial_path
+from residual_dynamics.io.atomic import move_into_place, partial_path
 
 log = logging.getLogger(__name__)
 

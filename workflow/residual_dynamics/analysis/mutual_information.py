@@ -15,11 +15,11 @@ import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
-from .models import resolve_device
-from .mutual_information import mi_gaussian, mi_kde, mi_ksg
-from .stats import analysed_sublayers
-from .store import open_store
-from .transitions import transition_kind
+from residual_dynamics.analysis.mi_estimators import mi_gaussian, mi_kde, mi_ksg
+from residual_dynamics.analysis.transitions import transition_kind
+from residual_dynamics.analysis.unit_means import analysed_sublayers
+from residual_dynamics.inputs.models import resolve_device
+from residual_dynamics.io.store import open_store
 
 log = logging.getLogger(__name__)
 

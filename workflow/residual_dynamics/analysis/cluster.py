@@ -20,7 +20,7 @@ import importlib.util
 import logging
 from collections.abc import Iterator
 
-from .config import ConfigError
+from residual_dynamics.config import ConfigError
 
 log = logging.getLogger(__name__)
 

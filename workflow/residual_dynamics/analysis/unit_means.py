@@ -10,8 +10,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .atomic import move_into_place, partial_path
-from .store import StoreError, open_store
+from residual_dynamics.io.atomic import move_into_place, partial_path
+from residual_dynamics.io.store import StoreError, open_store
 
 
 def analysed_sublayers(group, choice: str) -> list[int]:

@@ -125,8 +125,8 @@ class Encoder:
     """Hidden states of one layer of a causal LM, token by token, for single texts."""
 
     def __init__(self, model, tokenizer, *, layer: str = "normed", add_bos="auto"):
-        from .embedding_lens import lens_parts
-        from .extract import Extractor, pad_token_id, resolve_add_bos
+        from residual_dynamics.recording.extract import Extractor, pad_token_id, resolve_add_bos
+        from residual_dynamics.studies.embedding_space.lens import lens_parts
 
         self.model = model
         self.tokenizer = tokenizer
@@ -174,7 +174,7 @@ class Encoder:
     @torch.inference_mode()
     def continuation_logprobs(self, context: str, endings: Sequence[str]) -> list[np.ndarray]:
         """Log-probabilities of each ending's tokens given the context (one pass per ending)."""
-        from .embedding_lens import _padded
+        from residual_dynamics.studies.embedding_space.lens import _padded
 
         ctx = self.ids(context)
         conts = [self.continuation_ids(" " + e) for e in endings]
@@ -240,8 +240,8 @@ def run_concept_similarity(
     *, model_name: str, model_spec: dict, key: str, settings: dict, device: str = "auto"
 ) -> dict:
     """Everything the concept-similarity rule does: the model and HellaSwag in, a summary out."""
-    from .embedding_lens import check_model
-    from .models import load_model
+    from residual_dynamics.inputs.models import load_model
+    from residual_dynamics.studies.embedding_space.lens import check_model
 
     examples = load_hellaswag(settings["hf"], settings.get("n_examples"), settings.get("seed", 0))
     loaded = load_model(model_name, model_spec, device=device, with_head=True)

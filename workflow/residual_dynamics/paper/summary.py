@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .atomic import write_text_atomic
+from residual_dynamics.io.atomic import write_text_atomic
 
 
 def _clean(value):
@@ -114,9 +114,9 @@ def reduction_summary(
     pca: xr.Dataset, cae: xr.Dataset | None, perturbation: xr.Dataset | None
 ) -> dict:
     """The numbers of Figures 3 and 4 that the report quotes beside the paper's."""
-    from .cae import cae_summary
-    from .perturb import recovery_summary
-    from .reduction import pca_summary
+    from residual_dynamics.analysis.cae import cae_summary
+    from residual_dynamics.analysis.pca import pca_summary
+    from residual_dynamics.analysis.perturbation import recovery_summary
 
     out = {"pca": pca_summary(pca)}
     if "sublayer_cumulative_own" in pca:

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import datasets as ds
-from .hooks import ResidualRecorder, architecture_for
-from .store import chunk_rows_for, create_store, finalise, temporary_path
+from residual_dynamics.inputs import datasets as ds
+from residual_dynamics.io.store import chunk_rows_for, create_store, finalise, temporary_path
+from residual_dynamics.recording.hooks import ResidualRecorder, architecture_for
 
 log = logging.getLogger(__name__)
 
@@ -519,7 +519,7 @@ def weight_bytes(name: str, spec: dict) -> int:
     is built on the meta device, so nothing is downloaded but config.json and nothing allocated."""
     from transformers import AutoConfig, AutoModel
 
-    from .models import DTYPES, model_location
+    from residual_dynamics.inputs.models import DTYPES, model_location
 
     location, revision, _ = model_location(name, spec)
     trust = spec.get("trust_remote_code", False)
@@ -542,7 +542,7 @@ def choose_device_map(name: str, spec: dict, requested: str = "auto") -> str | N
     """``"auto"`` when extraction runs on a GPU and the model's weights do not fit on it (so
     accelerate spreads the layers over every visible GPU, then host memory); None otherwise, and
     the model is moved whole to the one device."""
-    from .models import resolve_device
+    from residual_dynamics.inputs.models import resolve_device
 
     device = resolve_device(requested)
     if device.type != "cuda":
@@ -576,7 +576,7 @@ def record_activations(
     progress: bool = True,
 ) -> Path:
     """Everything the extract rule does: dataset + model spec in, one (shard) store out."""
-    from .models import context_window, load_model
+    from residual_dynamics.inputs.models import context_window, load_model
 
     frame, meta = ds.read_dataset(dataset_path)
     if len(frame) == 0:

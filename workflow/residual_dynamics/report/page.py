@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import write_text_atomic
-from .store import open_store
+from residual_dynamics.io.atomic import write_text_atomic
+from residual_dynamics.io.store import open_store
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;
@@ -196,7 +196,7 @@ def _timings(rows: list[tuple[str, float, float]]) -> str:
 
 
 def _claim_cell(value, holds) -> str:
-    from .claims import verdict_word
+    from residual_dynamics.paper.claims import verdict_word
 
     css, mark = MARKS[holds]
     number = "" if value is None else f"{_cell(float(value))} "
@@ -205,7 +205,7 @@ def _claim_cell(value, holds) -> str:
 
 def _controls_table(section: Section) -> str:
     """The paper's claims for this recording beside the same measures on its controls."""
-    from .claims import CLAIMS
+    from residual_dynamics.paper.claims import CLAIMS
 
     controls = list(section.controls.items())
     head = "".join(
@@ -245,7 +245,7 @@ def _controls_table(section: Section) -> str:
 
 def _glance(sections: list[Section]) -> str:
     """Claims (rows) by recording (columns): where each of the paper's findings holds."""
-    from .claims import CLAIMS
+    from residual_dynamics.paper.claims import CLAIMS
 
     head = "".join(
         f"<th><a href='#{html.escape(s.anchor)}'>{_breakable(s.model)}<br>{_breakable(s.dataset)}</a></th>"
@@ -550,7 +550,7 @@ def panel_captions(summary: dict) -> dict[str, tuple[str, str]]:
 
 
 def _verdict(ok: bool | None, yes: str, no: str) -> str:
-    from .claims import verdict_word
+    from residual_dynamics.paper.claims import verdict_word
 
     if ok is None:
         return f"<b>Verdict:</b> {verdict_word(None)} here."
@@ -670,7 +670,7 @@ def add_claim_verdicts(
     captions: dict[str, tuple[str, str]], evaluated: dict
 ) -> dict[str, tuple[str, str]]:
     """Append each claim's verdict to its panel's caption, where the caption has none yet."""
-    from .claims import CLAIMS, verdict_word
+    from residual_dynamics.paper.claims import CLAIMS, verdict_word
 
     out = dict(captions)
     for claim in CLAIMS:

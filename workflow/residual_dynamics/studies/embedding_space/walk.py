@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import move_into_place, partial_path
+from residual_dynamics.io.atomic import move_into_place, partial_path
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def encoding_walk(resid: np.ndarray, sublayers: Sequence[str]) -> dict[str, np.n
 
 def store_walk(store_path: Path | str, block_rows: int | None = None) -> tuple[dict, dict]:
     """The encoding walk of every row of an activation store, read block by block."""
-    from .store import open_store
+    from residual_dynamics.io.store import open_store
 
     group = open_store(store_path)
     resid = group["resid"]
@@ -165,7 +165,7 @@ def module_pairs(config: dict) -> list[tuple[str, str]]:
     """(model, dataset) pairs the module runs on: models of ``embedding_space.models`` on the
     datasets they are recorded on in ``runs`` (the walk reads their stores), restricted to
     ``embedding_space.datasets`` when that list is not empty."""
-    from .config import recordings
+    from residual_dynamics.config import recordings
 
     section = config.get("embedding_space", {})
     models, datasets = section.get("models", []), section.get("datasets", [])
@@ -191,7 +191,7 @@ def _model_type_problem(name: str, spec: dict, key: str, base_dir: Path) -> str 
     trained models are checked when the lens rule loads them)."""
     from types import SimpleNamespace
 
-    from .models import ModelLoadError, model_location
+    from residual_dynamics.inputs.models import ModelLoadError, model_location
 
     if "hub" in spec or not ({"path", "package"} & set(spec)):
         return None
@@ -204,7 +204,7 @@ def _model_type_problem(name: str, spec: dict, key: str, base_dir: Path) -> str 
     if not config_json.exists():
         return None
     data = json.loads(config_json.read_text())
-    from .hooks import architecture_for
+    from residual_dynamics.recording.hooks import architecture_for
 
     try:
         arch = architecture_for(SimpleNamespace(**data))
@@ -274,7 +274,7 @@ def check_config(config: dict, base_dir: Path | str = ".") -> list[str]:
 
 def validate(config: dict, base_dir: Path | str = ".") -> None:
     """Raise ConfigError listing every problem of the section (for validate_config or the rules)."""
-    from .config import ConfigError
+    from residual_dynamics.config import ConfigError
 
     problems = check_config(config, base_dir)
     if problems:
@@ -376,7 +376,7 @@ def figure_rank(lens, title: str):
     """True next-token rank per sublayer: medians with IQR bands, and the log-rank distribution."""
     import matplotlib.pyplot as plt
 
-    from . import plotting
+    from residual_dynamics.paper import panels_dynamics as plotting
 
     plotting.set_style()
     sublayers = list(lens.attrs["sublayers"])
@@ -411,7 +411,7 @@ def figure_proximity(lens, title: str):
     """Cosine to token embeddings per sublayer, and the vocabulary-wide Spearman rho."""
     import matplotlib.pyplot as plt
 
-    from . import plotting
+    from residual_dynamics.paper import panels_dynamics as plotting
 
     plotting.set_style()
     sublayers = list(lens.attrs["sublayers"])
@@ -442,7 +442,7 @@ def figure_walk(walk, title: str):
     """Path length against displacement, delta norms per layer, and their ratio."""
     import matplotlib.pyplot as plt
 
-    from . import plotting
+    from residual_dynamics.paper import panels_dynamics as plotting
 
     plotting.set_style()
     palette = plotting.PALETTE
@@ -472,7 +472,7 @@ def figure_walk(walk, title: str):
 
 
 def write_figures(lens, walk, outputs: dict, *, label: str, formats, dpi: int) -> None:
-    from . import plotting
+    from residual_dynamics.paper import panels_dynamics as plotting
 
     n = lens.attrs.get("n_rows")
     plotting.save(
@@ -515,7 +515,7 @@ def section_manifest(
     concept: Sequence[dict] = (),
 ) -> None:
     """The module's report section: a table per recording, figures with captions, verdicts."""
-    from .report import Figure, Table, write_section_manifest
+    from residual_dynamics.report.page import Figure, Table, write_section_manifest
 
     rows, fig_list, notes = [], [], []
     for (model, dataset), s, figs in zip(pairs, summaries, figures, strict=True):

@@ -6,7 +6,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.collections import LineCollection
 
-from .plotting import CROSS, PALETTE, _kind_colours, _kind_legend, set_style
+from residual_dynamics.paper.panels_dynamics import (
+    CROSS,
+    PALETTE,
+    _kind_colours,
+    _kind_legend,
+    set_style,
+)
 
 DEPTH = "viridis"  # sublayer colour, dark (early) to yellow (late): perceptually uniform
 

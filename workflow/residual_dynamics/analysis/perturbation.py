@@ -33,7 +33,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from .hooks import ResidualRecorder, _first_tensor, architecture_for
+from residual_dynamics.recording.hooks import ResidualRecorder, _first_tensor, architecture_for
 
 log = logging.getLogger(__name__)
 
@@ -388,10 +388,10 @@ def run_perturbations(
     perturbation dataset out. Raises PerturbationError before any work for bad settings."""
     from tqdm.auto import tqdm
 
-    from . import datasets as ds
-    from .extract import dataset_token_ids, resolve_add_bos, tokenise
-    from .models import context_window, load_model, model_location
-    from .store import open_store
+    from residual_dynamics.inputs import datasets as ds
+    from residual_dynamics.inputs.models import context_window, load_model, model_location
+    from residual_dynamics.io.store import open_store
+    from residual_dynamics.recording.extract import dataset_token_ids, resolve_add_bos, tokenise
 
     names = list(pca["sublayer"].values)
     if settings["grid_range"] is None:

@@ -21,9 +21,9 @@ import dask
 import numpy as np
 import xarray as xr
 
-from .stats import analysed_sublayers
-from .store import open_store
-from .transitions import _tree_sum, row_blocks, task_array
+from residual_dynamics.analysis.transitions import _tree_sum, row_blocks, task_array
+from residual_dynamics.analysis.unit_means import analysed_sublayers
+from residual_dynamics.io.store import open_store
 
 log = logging.getLogger(__name__)
 

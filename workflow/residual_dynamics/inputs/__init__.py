@@ -1,0 +1,1 @@
+"""What goes into a recording: datasets, synthetic tasks, model loading, training."""

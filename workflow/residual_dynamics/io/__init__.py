@@ -1,0 +1,1 @@
+"""Reading and writing: the activation store, atomic writes, checkpoints, logs."""

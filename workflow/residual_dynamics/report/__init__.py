@@ -1,0 +1,1 @@
+"""The report: the page, its sections and tables, the plotting style."""

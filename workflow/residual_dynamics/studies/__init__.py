@@ -1,0 +1,1 @@
+"""The related studies, each with the same parts: analysis, figures, report section, config check."""

@@ -1,0 +1,1 @@
+"""Affine recurrences in a small GPT (Bhargav & Gu): copying and negative-similarity heads."""

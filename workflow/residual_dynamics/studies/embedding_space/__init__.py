@@ -1,0 +1,1 @@
+"""Movement through embedding space (Singh): logit lens, encoding walk, concept similarity."""

@@ -1,0 +1,1 @@
+"""Talking Heads (Merullo, Eickhoff & Pavlick): head composition and the Laundry List task."""
