@@ -19,9 +19,9 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/reduction.smk"
 include: "workflow/rules/perturbation.smk"
 # Related studies: each switched on in config, each adding a report section.
-include: "workflow/rules/affine.smk"
-include: "workflow/rules/talking_heads.smk"
-include: "workflow/rules/embedding_space.smk"
+include: "workflow/rules/studies/affine.smk"
+include: "workflow/rules/studies/talking_heads.smk"
+include: "workflow/rules/studies/embedding_space.smk"
 # Last: the report collects what the modules above registered in REPORT_SECTIONS.
 include: "workflow/rules/report.smk"
 

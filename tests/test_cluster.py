@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from residual_dynamics.analysis import cluster
-from residual_dynamics.config import ConfigError, validate_config
+from residual_dynamics.config.schema import ConfigError
+from residual_dynamics.config.validate import validate_config
 from residual_dynamics.inputs.models import load_model
 from residual_dynamics.io.store import open_store
 from residual_dynamics.recording import extract as ex

@@ -10,7 +10,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from residual_dynamics.config import ConfigError, load_schema, recordings, validate_config
+from residual_dynamics.config.schema import ConfigError, load_schema, recordings
+from residual_dynamics.config.validate import validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -210,9 +211,9 @@ def test_valid_extraction_settings_pass(batch, shards, chunk, positions):
 
 
 def test_config_readme_is_generated_from_the_schema():
-    from residual_dynamics.config_doc import README, render
+    from residual_dynamics.config.doc import README, render
 
-    assert README.read_text() == render(), "run: python -m residual_dynamics.config_doc"
+    assert README.read_text() == render(), "run: python -m residual_dynamics.config.doc"
 
 
 def test_bad_perturbation_grids_and_layers_are_named():
@@ -228,7 +229,7 @@ def test_bad_perturbation_grids_and_layers_are_named():
 
 
 def test_a_broken_module_fragment_names_its_file(tmp_path, monkeypatch):
-    import residual_dynamics.config as cfg
+    import residual_dynamics.config.schema as cfg
 
     (tmp_path / "broken.yaml").write_text("properties:\n  x: {description: a: b}\n")
     monkeypatch.setattr(cfg, "MODULE_SCHEMAS", tmp_path)

@@ -15,7 +15,6 @@ import datetime
 import difflib
 import importlib
 import importlib.util
-import inspect
 import json
 import math
 import os
@@ -34,13 +33,8 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from residual_dynamics.config import (
-    DATASET_SOURCES,
-    MODEL_SOURCES,
-    ConfigError,
-    load_schema,
-    validate_config,
-)
+from residual_dynamics.config.schema import DATASET_SOURCES, MODEL_SOURCES, ConfigError, load_schema
+from residual_dynamics.config.validate import STUDY_CHECKS, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema()
@@ -81,39 +75,12 @@ DATASET_NAMES = sorted(BASE["datasets"])
 NAME_PATTERN = SCHEMA["properties"]["models"]["propertyNames"]["pattern"]
 
 
-def parse_time_checks() -> list:
-    """The checks that rules files run on the validated config while Snakemake parses the
-    workflow, before any job: each related study's own check_config, found in the rules files
-    (``from residual_dynamics import X as _x`` ... ``_x.check_config(`` or ``_x.validate(``)."""
-    checks = []
-    for rules in sorted((REPO / "workflow" / "rules").glob("*.smk")):
-        text = rules.read_text()
-        modules = {
-            a: m for m, a in re.findall(r"from residual_dynamics import (\w+) as (\w+)", text)
-        }
-        for alias in dict.fromkeys(re.findall(r"(\w+)\.(?:check_config|validate)\(", text)):
-            if alias in modules:
-                module = importlib.import_module(f"residual_dynamics.{modules[alias]}")
-                checks.append(module.check_config)
-    return checks
-
-
-PARSE_TIME_CHECKS = parse_time_checks()
-
-
 def validate(config: dict) -> dict:
-    """What runs before any job: validate_config, then the rules files' module checks. Checks on
-    the way that the input is left as it was (repr, not ==, so that NaN equals itself)."""
+    """What runs before any job: validate_config, which runs every module's own check too. Checks
+    on the way that the input is left as it was (repr, not ==, so that NaN equals itself)."""
     before = repr(config)
     try:
-        filled = validate_config(config, REPO)
-        problems = []
-        for check in PARSE_TIME_CHECKS:
-            takes_base = "base_dir" in inspect.signature(check).parameters
-            problems += check(filled, REPO) if takes_base else check(filled)
-        if problems:
-            raise ConfigError(problems)
-        return filled
+        return validate_config(config, REPO)
     finally:
         assert repr(config) == before, "validation modified its input"
 
@@ -411,10 +378,10 @@ def cross_check(site: Site) -> list[str] | None:
 def test_the_base_config_and_the_walk():
     """The base is valid, and the walk reached every part of the schema."""
     validate(BASE)
-    assert {c.__module__ for c in PARSE_TIME_CHECKS} >= {
-        "residual_dynamics.studies.affine.section",
-        "residual_dynamics.studies.talking_heads.analysis",
-        "residual_dynamics.studies.embedding_space.walk",
+    assert {c.__module__ for c in STUDY_CHECKS} == {
+        "residual_dynamics.studies.affine.config",
+        "residual_dynamics.studies.talking_heads.config",
+        "residual_dynamics.studies.embedding_space.config",
     }
     keys = {s.generic for s in SITES}
     for expected in (

@@ -23,6 +23,7 @@ from scipy.stats import spearmanr
 from residual_dynamics.inputs.models import load_model
 from residual_dynamics.recording.extract import Extractor
 from residual_dynamics.studies.embedding_space import concepts as cs
+from residual_dynamics.studies.embedding_space import config as es_config
 from residual_dynamics.studies.embedding_space import walk as es
 from residual_dynamics.studies.embedding_space.lens import (
     EmbeddingSpaceError,
@@ -395,16 +396,16 @@ def test_check_config_names_the_key(tmp_path):
         "runs": [{"models": ["minilm", "neox"], "datasets": ["d"]}],
         "embedding_space": {"enabled": True, "models": ["minilm", "neox", "ghost", "free"]},
     }
-    problems = es.check_config(config, tmp_path)
+    problems = es_config.check_config(config, tmp_path)
     text = "\n".join(problems)
     assert "embedding_space.models[0]: 'minilm'" in text and "post-norm" in text
     assert "embedding_space.models[1]: 'neox'" in text and "parallel" in text
     assert "embedding_space.models[2]: 'ghost' is not defined" in text
     assert "embedding_space.models[3]: 'free' is in no `runs` entry" in text
     config["embedding_space"]["models"] = []
-    assert "embedding_space.models: empty" in es.check_config(config)[0]
+    assert "embedding_space.models: empty" in es_config.check_config(config)[0]
     config["embedding_space"]["enabled"] = False
-    assert es.check_config(config) == []
+    assert es_config.check_config(config) == []
 
 
 def _validate_with_this_fragment(config: dict) -> tuple[dict, list]:
@@ -413,7 +414,8 @@ def _validate_with_this_fragment(config: dict) -> tuple[dict, list]:
 
     import yaml
 
-    from residual_dynamics.config import _Filling, load_schema
+    from residual_dynamics.config.schema import load_schema
+    from residual_dynamics.config.validate import _Filling
 
     schema = yaml.safe_load(Path(load_schema.__globals__["SCHEMA_PATH"]).read_text())
     fragment = Path(es.__file__).parents[1] / "schemas" / "modules" / "embedding_space.yaml"

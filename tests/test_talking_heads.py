@@ -13,8 +13,10 @@ import xarray as xr
 import yaml
 from test_laundry_list import laundry_tokenizer, tiny_gpt2
 
-from residual_dynamics.config import validate_config
+from residual_dynamics.config.schema import model_key
+from residual_dynamics.config.validate import validate_config
 from residual_dynamics.studies.talking_heads import analysis as th
+from residual_dynamics.studies.talking_heads import config as th_config
 from tiny_models import make_tokenizer, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -337,7 +339,7 @@ def test_config_checks(tmp_path):
             "laundry_list": {"n_min": 9, "n_max": 4},
         },
     }
-    problems = th.check_config(config)
+    problems = th_config.check_config(config)
     assert any(
         p.startswith("talking_heads.models[1]: 'llama' is a 'llama' model") for p in problems
     )
@@ -347,11 +349,11 @@ def test_config_checks(tmp_path):
     )
     assert any("n_min (9) must not exceed n_max (4)" in p for p in problems)
     assert len(problems) == 4
-    assert th.model_key(config["talking_heads"], "llama") == "talking_heads.models[1]"
+    assert model_key(config, "talking_heads", "llama") == "talking_heads.models[1]"
     config["talking_heads"]["models"] = []
-    assert "talking_heads.models: empty" in th.check_config(config)[0]
+    assert "talking_heads.models: empty" in th_config.check_config(config)[0]
     config["talking_heads"]["enabled"] = False
-    assert th.check_config(config) == []
+    assert th_config.check_config(config) == []
 
 
 def test_gpt2_config_validates_without_the_network():
@@ -362,7 +364,7 @@ def test_gpt2_config_validates_without_the_network():
     assert filled["models"]["gpt2"]["hub"] == "openai-community/gpt2"
     assert block["heads"]["mover_head"] == "9.9"
     assert block["heads"]["inhibition_heads"] == ["7.3", "7.9", "8.6", "8.10"]
-    assert th.check_config(filled, REPO) == []
+    assert th_config.check_config(filled, REPO) == []
 
 
 # --- the module end to end ---------------------------------------------------------------------

@@ -7,7 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from residual_dynamics.config import ConfigError, validate_config
+from residual_dynamics.config.schema import ConfigError
+from residual_dynamics.config.validate import validate_config
 from residual_dynamics.inputs import datasets
 from residual_dynamics.inputs.tasks import (
     AffineTask,

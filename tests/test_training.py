@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from residual_dynamics.config import ConfigError, validate_config
+from residual_dynamics.config.schema import ConfigError
+from residual_dynamics.config.validate import validate_config
 from residual_dynamics.inputs import models
 from residual_dynamics.inputs.models import ModelLoadError, load_model
 from residual_dynamics.inputs.training import (

@@ -169,7 +169,7 @@ def test_sharded_store_equals_a_single_extraction(tiny_run):
 
     work, config_path, _ = tiny_run
     config = yaml.safe_load(config_path.read_text())
-    from residual_dynamics.config import validate_config
+    from residual_dynamics.config.validate import validate_config
 
     filled = validate_config(config, work)
     single = work / "single.zarr"

@@ -4,7 +4,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from residual_dynamics.config import ConfigError, recordings, validate_config
+from residual_dynamics.config.schema import ConfigError, model_key, recordings
+from residual_dynamics.config.validate import validate_config
 
 try:
     # Every key checked, every default filled, before any job starts.
@@ -68,6 +69,7 @@ def per_recording(pattern):
     return [pattern.format(model=m, dataset=d) for m, d in RECORDINGS]
 
 
-def optional_output(enabled, path):
-    """An input that exists only when its module is switched on (a list, empty otherwise)."""
-    return [path] if enabled else []
+def if_enabled(section, path):
+    """The one way a module is switched on: its outputs are asked for (a list of ``path``) only
+    when its config section says ``enabled: true``. Its rules are always defined."""
+    return [path] if section["enabled"] else []

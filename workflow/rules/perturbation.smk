@@ -70,9 +70,9 @@ rule reduction_summary:
     """The numbers of Figures 3 and 4 in one JSON, which the report reads."""
     input:
         pca=rules.pca.output.pca,
-        cae=optional_output(config["cae"]["enabled"], rules.train_cae.output.cae),
-        perturbation=optional_output(
-            config["perturbation"]["enabled"], rules.perturb.output.perturbation
+        cae=if_enabled(config["cae"], rules.train_cae.output.cae),
+        perturbation=if_enabled(
+            config["perturbation"], rules.perturb.output.perturbation
         ),
     output:
         summary=f"{RESULTS}/statistics/{{model}}/{{dataset}}/reduction_summary.json",

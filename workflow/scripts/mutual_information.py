@@ -3,7 +3,7 @@
 import torch
 
 from residual_dynamics.analysis.mutual_information import transition_mutual_information
-from residual_dynamics.analysis.unit_means import write_dataset_atomic
+from residual_dynamics.io.atomic import write_dataset_atomic
 from residual_dynamics.io.logs import setup_logging
 
 setup_logging(snakemake.log[0])

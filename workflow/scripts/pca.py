@@ -2,7 +2,7 @@
 
 from residual_dynamics.analysis.pca import pca_fit
 from residual_dynamics.analysis.transitions import dask_client
-from residual_dynamics.analysis.unit_means import write_dataset_atomic
+from residual_dynamics.io.atomic import write_dataset_atomic
 from residual_dynamics.io.logs import setup_logging
 
 

@@ -4,7 +4,7 @@ import torch
 import xarray as xr
 
 from residual_dynamics.analysis.perturbation import run_perturbations
-from residual_dynamics.analysis.unit_means import write_dataset_atomic
+from residual_dynamics.io.atomic import write_dataset_atomic
 from residual_dynamics.io.logs import setup_logging
 
 sm = snakemake

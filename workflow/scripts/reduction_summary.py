@@ -2,16 +2,17 @@
 
 import xarray as xr
 
+from residual_dynamics.io.atomic import write_json
 from residual_dynamics.io.logs import setup_logging
-from residual_dynamics.paper.summary import reduction_summary, write_json
+from residual_dynamics.paper.summary import reduction_summary
 
 sm = snakemake
 setup_logging(sm.log[0])
 write_json(
+    sm.output.summary,
     reduction_summary(
         xr.open_zarr(sm.input.pca).load(),
         xr.open_zarr(sm.input.cae[0]).load() if sm.input.cae else None,
         xr.open_zarr(sm.input.perturbation[0]).load() if sm.input.perturbation else None,
     ),
-    sm.output.summary,
 )

@@ -3,7 +3,7 @@
 import xarray as xr
 
 from residual_dynamics.analysis.rotations import rotation_summary
-from residual_dynamics.analysis.unit_means import write_dataset_atomic
+from residual_dynamics.io.atomic import write_dataset_atomic
 from residual_dynamics.io.logs import setup_logging
 from residual_dynamics.paper.summary import rotations_dataset
 

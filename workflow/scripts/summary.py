@@ -2,8 +2,9 @@
 
 import xarray as xr
 
+from residual_dynamics.io.atomic import write_json
 from residual_dynamics.io.logs import setup_logging
-from residual_dynamics.paper.summary import build_summary, write_json
+from residual_dynamics.paper.summary import build_summary
 
 setup_logging(snakemake.log[0])
 summary = build_summary(
@@ -12,4 +13,4 @@ summary = build_summary(
     xr.open_zarr(snakemake.input.mi).load(),
     xr.open_zarr(snakemake.input.rotations).load(),
 )
-write_json(summary, snakemake.output.summary)
+write_json(snakemake.output.summary, summary)

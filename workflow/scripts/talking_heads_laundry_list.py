@@ -8,13 +8,13 @@ import torch
 import xarray as xr
 
 from residual_dynamics.inputs.models import context_window, load_model
+from residual_dynamics.io.atomic import write_dataset_atomic
 from residual_dynamics.io.logs import setup_logging
 from residual_dynamics.recording.extract import resolve_add_bos
 from residual_dynamics.studies.talking_heads.analysis import (
     check_gpt2,
     laundry_list_analysis,
     skipped_dataset,
-    write_dataset,
 )
 
 setup_logging(snakemake.log[0])
@@ -40,4 +40,4 @@ else:
         add_bos=resolve_add_bos(loaded.tokenizer, snakemake.params.spec.get("add_bos", "auto")),
         max_tokens=context_window(loaded.model, loaded.tokenizer),
     )
-write_dataset(result, snakemake.output.laundry)
+write_dataset_atomic(result, snakemake.output.laundry, text_as_object=True)

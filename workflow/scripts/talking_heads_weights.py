@@ -7,11 +7,11 @@ import time
 import torch
 
 from residual_dynamics.inputs.models import load_model
+from residual_dynamics.io.atomic import write_dataset_atomic
 from residual_dynamics.io.logs import setup_logging
 from residual_dynamics.studies.talking_heads.analysis import (
     check_gpt2,
     weights_analysis,
-    write_dataset,
 )
 
 setup_logging(snakemake.log[0])
@@ -25,4 +25,4 @@ start = time.perf_counter()
 data = weights_analysis(loaded.model, settings, snakemake.wildcards.model)
 data.attrs["model_source"] = loaded.source
 data.attrs["seconds"] = round(time.perf_counter() - start, 2)
-write_dataset(data, snakemake.output.weights)
+write_dataset_atomic(data, snakemake.output.weights, text_as_object=True)

@@ -8,8 +8,7 @@ from pathlib import Path
 import torch
 
 from residual_dynamics.analysis.cae import CaeSettings, evaluate_cae, train_cae
-from residual_dynamics.analysis.unit_means import write_dataset_atomic
-from residual_dynamics.io.atomic import move_into_place, partial_path
+from residual_dynamics.io.atomic import move_into_place, partial_path, write_dataset_atomic
 from residual_dynamics.io.logs import setup_logging
 
 sm = snakemake

@@ -1,7 +1,7 @@
 """Rule transition_statistics: correlations, cosine and velocity across sublayers (Fig. 1C-1F)."""
 
 from residual_dynamics.analysis.transitions import dask_client, transition_statistics
-from residual_dynamics.analysis.unit_means import write_dataset_atomic
+from residual_dynamics.io.atomic import write_dataset_atomic
 from residual_dynamics.io.logs import setup_logging
 
 

@@ -20,7 +20,7 @@ import importlib.util
 import logging
 from collections.abc import Iterator
 
-from residual_dynamics.config import ConfigError
+from residual_dynamics.config.schema import ConfigError
 
 log = logging.getLogger(__name__)
 

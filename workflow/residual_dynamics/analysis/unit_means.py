@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import dask
@@ -10,7 +9,6 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from residual_dynamics.io.atomic import move_into_place, partial_path
 from residual_dynamics.io.store import StoreError, open_store
 
 
@@ -83,12 +81,3 @@ def unit_means(
             "norm": group.attrs.get("norm"),
         },
     )
-
-
-def write_dataset_atomic(data: xr.Dataset, path: Path | str) -> None:
-    """Write an xarray Dataset to Zarr at a temporary path, then rename into place."""
-    tmp = partial_path(path)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        data.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
-    move_into_place(tmp, path)

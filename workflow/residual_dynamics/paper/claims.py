@@ -273,6 +273,6 @@ def controls_of(config: dict, model: str, dataset: str) -> dict[str, tuple[str, 
 
 def model_source(spec: dict) -> list:
     """What a model spec loads (its source keys and values): a model and its untrained twin share it."""
-    from residual_dynamics.config import MODEL_SOURCES
+    from residual_dynamics.config.schema import MODEL_SOURCES
 
     return [(key, repr(spec[key])) for key in MODEL_SOURCES if key in spec]

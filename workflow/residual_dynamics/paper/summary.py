@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
-
-from residual_dynamics.io.atomic import write_text_atomic
 
 
 def _clean(value):
@@ -104,10 +101,6 @@ def _spearman_with_depth(values: np.ndarray) -> float | None:
     if finite.sum() < 3:
         return None
     return float(spearmanr(np.arange(values.size)[finite], values[finite]).statistic)
-
-
-def write_json(data: dict, path: Path | str) -> None:
-    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def reduction_summary(

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from residual_dynamics.io.atomic import write_text_atomic
+from residual_dynamics.io.atomic import write_json, write_text_atomic
 from residual_dynamics.io.store import open_store
 
 CSS = """
@@ -112,13 +112,7 @@ def write_section_manifest(
         "tables": [{"title": t.title, "columns": list(t.columns), "rows": t.rows} for t in tables],
         "notes": list(notes),
     }
-    write_text_atomic(path, json.dumps(manifest, indent=1, default=_json_value))
-
-
-def _json_value(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    write_json(path, manifest)
 
 
 def read_section_manifest(path: Path | str) -> ModuleSection:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from residual_dynamics.io.atomic import move_into_place, partial_path
+from residual_dynamics.io.atomic import json_value, move_into_place, partial_path
 
 log = logging.getLogger(__name__)
 
@@ -136,19 +136,11 @@ def write_arrays(path: Path | str, arrays: dict, attrs: dict) -> None:
             name, shape=values.shape, dtype=values.dtype, dimension_names=tuple(dims)
         )
         array[...] = values
-    group.attrs.update(json.loads(json.dumps(attrs, default=_json_value)))
+    group.attrs.update(json.loads(json.dumps(attrs, default=json_value)))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         zarr.consolidate_metadata(str(tmp), zarr_format=3)
     move_into_place(tmp, path)
-
-
-def _json_value(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def read_arrays(path: Path | str):
@@ -159,126 +151,6 @@ def read_arrays(path: Path | str):
 
 # --------------------------------------------------------------------------------------------
 # config
-
-
-def module_pairs(config: dict) -> list[tuple[str, str]]:
-    """(model, dataset) pairs the module runs on: models of ``embedding_space.models`` on the
-    datasets they are recorded on in ``runs`` (the walk reads their stores), restricted to
-    ``embedding_space.datasets`` when that list is not empty."""
-    from residual_dynamics.config import recordings
-
-    section = config.get("embedding_space", {})
-    models, datasets = section.get("models", []), section.get("datasets", [])
-    return [
-        (m, d) for m, d in recordings(config) if m in models and (not datasets or d in datasets)
-    ]
-
-
-def model_key(config: dict, model: str) -> str:
-    """The config key naming ``model`` in this module, for error messages at run time."""
-    models = config.get("embedding_space", {}).get("models", [])
-    return (
-        f"embedding_space.models[{models.index(model)}]" if model in models else f"models.{model}"
-    )
-
-
-def model_label(config: dict, model: str, dataset: str) -> str:
-    return f"{config['models'][model].get('label') or model} on {dataset}"
-
-
-def _model_type_problem(name: str, spec: dict, key: str, base_dir: Path) -> str | None:
-    """Architecture problems visible before any job runs (local config.json only: Hub and
-    trained models are checked when the lens rule loads them)."""
-    from types import SimpleNamespace
-
-    from residual_dynamics.inputs.models import ModelLoadError, model_location
-
-    if "hub" in spec or not ({"path", "package"} & set(spec)):
-        return None
-    try:
-        location, _, _ = model_location(name, spec)
-    except ModelLoadError:
-        return None  # reported by the main validation (path missing, package not installed)
-    config_json = Path(location) if Path(location).is_absolute() else base_dir / location
-    config_json = config_json / "config.json"
-    if not config_json.exists():
-        return None
-    data = json.loads(config_json.read_text())
-    from residual_dynamics.recording.hooks import architecture_for
-
-    try:
-        arch = architecture_for(SimpleNamespace(**data))
-    except ValueError as error:
-        return f"{key}: '{name}': {error}"
-    model_type = data.get("model_type")
-    if arch.norm != "pre" or arch.final_norm is None:
-        return (
-            f"{key}: '{name}' is a {model_type} model, a post-norm encoder without an LM head; "
-            "the embedding-space module needs a causal decoder (remove it from the list)"
-        )
-    if arch.mid is None:
-        return (
-            f"{key}: '{name}' ({model_type}) has parallel attention/MLP blocks, so the walk "
-            "cannot be split into attention and MLP steps (remove it from the list)"
-        )
-    classes = data.get("architectures") or []
-    if classes and not any(c.endswith(("ForCausalLM", "LMHeadModel")) for c in classes):
-        return (
-            f"{key}: '{name}' was saved as {classes[0]}, without an LM head; save the "
-            "*ForCausalLM model (its unembedding is what the logit lens needs)"
-        )
-    return None
-
-
-def check_config(config: dict, base_dir: Path | str = ".") -> list[str]:
-    """Problems with the ``embedding_space`` section that the schema cannot see, keys named."""
-    section = config.get("embedding_space", {})
-    if not section.get("enabled"):
-        return []
-    problems = []
-    models, datasets = section.get("models", []), section.get("datasets", [])
-    if not models:
-        problems.append(
-            "embedding_space.models: empty; list the causal decoders (keys of `models`) to "
-            "study, e.g. [pydoc_llama, affine_gpt]"
-        )
-    recorded = {m for run in config.get("runs", []) for m in run.get("models", [])}
-    for i, name in enumerate(models):
-        key = f"embedding_space.models[{i}]"
-        if name not in config.get("models", {}):
-            problems.append(
-                f"{key}: '{name}' is not defined under models; defined: "
-                f"{', '.join(sorted(config.get('models', {}))) or 'none'}"
-            )
-            continue
-        if name not in recorded:
-            problems.append(
-                f"{key}: '{name}' is in no `runs` entry; the walk reads its activation store, "
-                "so add it to runs with the datasets to study"
-            )
-        problem = _model_type_problem(name, config["models"][name], key, Path(base_dir))
-        if problem:
-            problems.append(problem)
-    for j, name in enumerate(datasets):
-        if name not in config.get("datasets", {}):
-            problems.append(
-                f"embedding_space.datasets[{j}]: '{name}' is not defined under datasets"
-            )
-    if not problems and not module_pairs(config):
-        problems.append(
-            "embedding_space: no (model, dataset) pair to study: none of embedding_space.models "
-            "is recorded in `runs` on any of embedding_space.datasets"
-        )
-    return problems
-
-
-def validate(config: dict, base_dir: Path | str = ".") -> None:
-    """Raise ConfigError listing every problem of the section (for validate_config or the rules)."""
-    from residual_dynamics.config import ConfigError
-
-    problems = check_config(config, base_dir)
-    if problems:
-        raise ConfigError(problems)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Write config/README.md from the config schema, so the documentation never drifts from it.
 
-Run ``python -m residual_dynamics.config_doc`` after changing anything in workflow/schemas/ (the main
+Run ``python -m residual_dynamics.config.doc`` after changing anything in workflow/schemas/ (the main
 schema or a module's fragment in modules/); a test fails while the two differ.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import sys
 
-from residual_dynamics.config import SCHEMA_PATH, load_schema
+from residual_dynamics.config.schema import SCHEMA_PATH, load_schema
 
 README = SCHEMA_PATH.parents[2] / "config" / "README.md"
 
 HEADER = """# Configuration keys
 
-Generated from `workflow/schemas/config.schema.yaml` and `workflow/schemas/modules/*.yaml` by `python -m residual_dynamics.config_doc`
+Generated from `workflow/schemas/config.schema.yaml` and `workflow/schemas/modules/*.yaml` by `python -m residual_dynamics.config.doc`
 (a test fails when the two differ). Every key is optional unless marked *required*; a key left out
 takes its default. `config/config.yaml` is the embedded default. A `--configfile` is merged over it.
 Names of models and datasets are used in paths: letters, digits, `_` and `-`.

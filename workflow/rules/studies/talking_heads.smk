@@ -1,13 +1,10 @@
 # Talking Heads (related-analyses B, Merullo, Eickhoff & Pavlick arXiv 2406.09519): weights-only
 # composition between heads and the SVD components of each OV, then the Laundry List task and
 # interventions on the mover head. GPT-2-style models only. Switched on with talking_heads.enabled.
+# Its config checks run in validate_config (studies/talking_heads/config.py).
 from residual_dynamics.studies.talking_heads import analysis as _talking_heads
+
 TALKING_HEADS = config["talking_heads"]
-if TALKING_HEADS["enabled"]:
-    # Checks the schema cannot express (models defined and GPT-2-style), each named by key.
-    _talking_heads_problems = _talking_heads.check_config(config, base_dir=Path.cwd())
-    if _talking_heads_problems:
-        raise WorkflowError(str(ConfigError(_talking_heads_problems)))
 TALKING_HEADS_MODELS = TALKING_HEADS["models"] if TALKING_HEADS["enabled"] else []
 TALKING_HEADS_DIR = f"{RESULTS}/talking_heads"
 TALKING_HEADS_FIGURES = f"{RESULTS}/figures/{{model}}/talking_heads"
@@ -25,16 +22,16 @@ rule talking_heads_weights:
     benchmark:
         f"{RESULTS}/benchmarks/talking_heads_weights/{{model}}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../../../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=4000,
     params:
         spec=model_spec,
-        key=lambda wildcards: _talking_heads.model_key(TALKING_HEADS, wildcards.model),
+        key=lambda w: model_key(config, "talking_heads", w.model),
         settings=TALKING_HEADS,
     script:
-        "../scripts/talking_heads_weights.py"
+        "../../scripts/talking_heads_weights.py"
 
 
 rule talking_heads_laundry_list:
@@ -50,16 +47,16 @@ rule talking_heads_laundry_list:
     benchmark:
         f"{RESULTS}/benchmarks/talking_heads_laundry_list/{{model}}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../../../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=4000,
     params:
         spec=model_spec,
-        key=lambda wildcards: _talking_heads.model_key(TALKING_HEADS, wildcards.model),
+        key=lambda w: model_key(config, "talking_heads", w.model),
         settings=TALKING_HEADS,
     script:
-        "../scripts/talking_heads_laundry_list.py"
+        "../../scripts/talking_heads_laundry_list.py"
 
 
 rule talking_heads_figures:
@@ -70,35 +67,35 @@ rule talking_heads_figures:
     output:
         composition=report(
             f"{TALKING_HEADS_FIGURES}/composition.png",
-            caption="../report/talking_heads_composition.rst",
+            caption="../../report/talking_heads_composition.rst",
             category="Talking Heads",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "composition"},
         ),
         components=report(
             f"{TALKING_HEADS_FIGURES}/components.png",
-            caption="../report/talking_heads_components.rst",
+            caption="../../report/talking_heads_components.rst",
             category="Talking Heads",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "components"},
         ),
         laundry=report(
             f"{TALKING_HEADS_FIGURES}/laundry.png",
-            caption="../report/talking_heads_laundry.rst",
+            caption="../../report/talking_heads_laundry.rst",
             category="Talking Heads",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "laundry"},
         ),
         interventions=report(
             f"{TALKING_HEADS_FIGURES}/interventions.png",
-            caption="../report/talking_heads_interventions.rst",
+            caption="../../report/talking_heads_interventions.rst",
             category="Talking Heads",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "interventions"},
         ),
         grid=report(
             f"{TALKING_HEADS_FIGURES}/grid.png",
-            caption="../report/talking_heads_grid.rst",
+            caption="../../report/talking_heads_grid.rst",
             category="Talking Heads",
             subcategory="{model}",
             labels={"model": "{model}", "figure": "grid"},
@@ -106,7 +103,7 @@ rule talking_heads_figures:
     log:
         f"{RESULTS}/logs/talking_heads_figures/{{model}}.log",
     conda:
-        "../../envs/analysis.yaml"
+        "../../../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -114,7 +111,7 @@ rule talking_heads_figures:
         formats=config["figures"]["formats"],
         dpi=config["figures"]["dpi"],
     script:
-        "../scripts/talking_heads_figures.py"
+        "../../scripts/talking_heads_figures.py"
 
 
 rule talking_heads_section:
@@ -138,7 +135,7 @@ rule talking_heads_section:
     log:
         f"{RESULTS}/logs/talking_heads_section.log",
     conda:
-        "../../envs/analysis.yaml"
+        "../../../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -146,8 +143,9 @@ rule talking_heads_section:
         models=TALKING_HEADS_MODELS,
         n_outliers=TALKING_HEADS["n_outliers"],
     script:
-        "../scripts/talking_heads_section.py"
+        "../../scripts/talking_heads_section.py"
 
 
-if TALKING_HEADS["enabled"]:
-    REPORT_SECTIONS.append(rules.talking_heads_section.output.manifest)
+REPORT_SECTIONS += if_enabled(
+    TALKING_HEADS, rules.talking_heads_section.output.manifest
+)

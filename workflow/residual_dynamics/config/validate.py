@@ -14,63 +14,26 @@ import math
 import re
 from pathlib import Path
 
-import yaml
 from jsonschema import Draft202012Validator, ValidationError, validators
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
-MODEL_SOURCES = ("hub", "path", "package", "train")
-DATASET_SOURCES = ("builtin", "hf", "file", "variant_of", "task")
+from residual_dynamics.analysis import cluster
+from residual_dynamics.config.schema import (
+    DATASET_SOURCES,
+    MODEL_SOURCES,
+    ConfigError,
+    merged_schema,
+)
+from residual_dynamics.studies.affine import config as affine_config
+from residual_dynamics.studies.embedding_space import config as embedding_space_config
+from residual_dynamics.studies.talking_heads import config as talking_heads_config
 
-
-class ConfigError(ValueError):
-    """The config is invalid; the message lists every problem with its key."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(
-            f"invalid config ({len(problems)} problem{'s' * (len(problems) != 1)}):\n{lines}\n"
-            "See config/README.md for every key."
-        )
-
-
-MODULE_SCHEMAS = SCHEMA_PATH.parent / "modules"
-
-
-def load_schema() -> dict:
-    """The main schema with every module's fragment merged in.
-
-    A module (a related study, the reductions) keeps its keys in
-    ``workflow/schemas/modules/<module>.yaml``: top-level ``properties`` and optional ``$defs``,
-    merged here so validation and config/README.md see one schema.
-    """
-    return copy.deepcopy(_schema())
-
-
-def _schema() -> dict:
-    """The merged schema, parsed once per version of its files (parsing the YAML is most of the
-    cost of a validation). Shared: callers must not modify it."""
-    files = [SCHEMA_PATH, *sorted(MODULE_SCHEMAS.glob("*.yaml"))]
-    stamps = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
-    return _parse_schema(stamps)
-
-
-@functools.lru_cache(maxsize=4)
-def _parse_schema(stamps: tuple) -> dict:
-    schema = yaml.safe_load(Path(stamps[0][0]).read_text())
-    for fragment_path in (Path(stamp[0]) for stamp in stamps[1:]):
-        try:
-            fragment = yaml.safe_load(fragment_path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"{fragment_path}: not valid YAML ({error})") from None
-        for part in ("properties", "$defs"):
-            for key, value in fragment.get(part, {}).items():
-                if key in schema.setdefault(part, {}):
-                    raise ValueError(
-                        f"{fragment_path.name}: '{key}' is already defined in the schema"
-                    )
-                schema[part][key] = value
-    return schema
+# Each related study checks its own section (run whether or not it is switched on: a switched-off
+# study's check returns nothing).
+STUDY_CHECKS = (
+    affine_config.check_config,
+    talking_heads_config.check_config,
+    embedding_space_config.check_config,
+)
 
 
 def _with_defaults(validator_class):
@@ -334,24 +297,25 @@ def validate_config(config: dict, base_dir: Path | str = ".") -> dict:
     problems = _unreadable(config, [])
     if problems:
         raise ConfigError(problems)
-    schema = _schema()
+    schema = merged_schema()
     filled = copy.deepcopy(config)
     errors = sorted(_Filling(schema).iter_errors(filled), key=lambda e: list(e.absolute_path))
     problems = list(dict.fromkeys(_describe(e, schema) for e in errors))
     if problems:
         raise ConfigError(problems)
     problems = _check_references(filled, Path(base_dir))
-    problems += _check_modules(filled)
+    problems += _check_modules(filled, Path(base_dir))
     if problems:
         raise ConfigError(problems)
     return filled
 
 
-def _check_modules(config: dict) -> list[str]:
-    """Checks of module sections that a schema cannot express."""
-    from residual_dynamics.analysis import cluster
-
+def _check_modules(config: dict, base_dir: Path) -> list[str]:
+    """Checks of module sections that a schema cannot express: the Dask cluster, perturbations
+    and each related study's own check (models defined and of an architecture it can read)."""
     problems = cluster.check_config(config)
+    for check in STUDY_CHECKS:
+        problems += check(config, base_dir)
     perturbation = config.get("perturbation", {})
     grid_range = perturbation.get("grid_range")
     if grid_range is not None and not grid_range[0] < grid_range[1]:
@@ -363,14 +327,3 @@ def _check_modules(config: dict) -> list[str]:
     if isinstance(layers, list) and len(set(layers)) != len(layers):
         problems.append(f"perturbation.layers: {layers} repeats a layer; list each once")
     return problems
-
-
-def recordings(config: dict) -> list[tuple[str, str]]:
-    """(model, dataset) pairs to record, in config order, without repeats."""
-    pairs: list[tuple[str, str]] = []
-    for run in config["runs"]:
-        for model in run["models"]:
-            for dataset in run["datasets"]:
-                if (model, dataset) not in pairs:
-                    pairs.append((model, dataset))
-    return pairs

@@ -2,14 +2,10 @@
 # and proximity to token embeddings per sublayer (the model run again over a sample of texts),
 # the encoding walk (read from the activation stores), the uniform-attention ablation and the
 # HellaSwag concept-similarity test. Switched on with embedding_space.enabled.
-from residual_dynamics.studies.embedding_space import walk as _embedding_space
+# Its config checks run in validate_config (studies/embedding_space/config.py).
+from residual_dynamics.studies.embedding_space import config as _embedding_space
+
 EMBEDDING_SPACE = config["embedding_space"]
-if EMBEDDING_SPACE["enabled"]:
-    # Checks the schema cannot express (models with an LM head, recorded in runs), named by key.
-    try:
-        _embedding_space.validate(config, base_dir=Path.cwd())
-    except ConfigError as error:
-        raise WorkflowError(str(error)) from None
 EMBEDDING_SPACE_PAIRS = (
     _embedding_space.module_pairs(config) if EMBEDDING_SPACE["enabled"] else []
 )
@@ -33,16 +29,16 @@ rule embedding_space_lens:
     benchmark:
         f"{RESULTS}/benchmarks/embedding_space_lens/{{model}}--{{dataset}}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../../../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=4000,
     params:
         spec=model_spec,
-        key=lambda w: _embedding_space.model_key(config, w.model),
+        key=lambda w: model_key(config, "embedding_space", w.model),
         settings={k: v for k, v in EMBEDDING_SPACE.items() if k != "concept_similarity"},
     script:
-        "../scripts/embedding_space_lens.py"
+        "../../scripts/embedding_space_lens.py"
 
 
 rule embedding_space_walk:
@@ -56,12 +52,12 @@ rule embedding_space_walk:
     benchmark:
         f"{RESULTS}/benchmarks/embedding_space_walk/{{model}}--{{dataset}}.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../../../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=4000,
     script:
-        "../scripts/embedding_space_walk.py"
+        "../../scripts/embedding_space_walk.py"
 
 
 rule embedding_space_figures:
@@ -72,21 +68,21 @@ rule embedding_space_figures:
     output:
         rank=report(
             f"{EMBEDDING_SPACE_FIGURES}/rank.png",
-            caption="../report/embedding_space_rank.rst",
+            caption="../../report/embedding_space_rank.rst",
             category="Embedding space",
             subcategory="{model} · {dataset}",
             labels={"model": "{model}", "dataset": "{dataset}", "figure": "rank"},
         ),
         proximity=report(
             f"{EMBEDDING_SPACE_FIGURES}/proximity.png",
-            caption="../report/embedding_space_proximity.rst",
+            caption="../../report/embedding_space_proximity.rst",
             category="Embedding space",
             subcategory="{model} · {dataset}",
             labels={"model": "{model}", "dataset": "{dataset}", "figure": "proximity"},
         ),
         walk=report(
             f"{EMBEDDING_SPACE_FIGURES}/walk.png",
-            caption="../report/embedding_space_walk.rst",
+            caption="../../report/embedding_space_walk.rst",
             category="Embedding space",
             subcategory="{model} · {dataset}",
             labels={"model": "{model}", "dataset": "{dataset}", "figure": "walk"},
@@ -94,7 +90,7 @@ rule embedding_space_figures:
     log:
         f"{RESULTS}/logs/embedding_space_figures/{{model}}/{{dataset}}.log",
     conda:
-        "../../envs/analysis.yaml"
+        "../../../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -103,7 +99,7 @@ rule embedding_space_figures:
         formats=config["figures"]["formats"],
         dpi=config["figures"]["dpi"],
     script:
-        "../scripts/embedding_space_figures.py"
+        "../../scripts/embedding_space_figures.py"
 
 
 rule embedding_space_concepts:
@@ -117,17 +113,17 @@ rule embedding_space_concepts:
     benchmark:
         f"{RESULTS}/benchmarks/embedding_space_concepts/{{model}}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../../../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=4000,
     params:
         spec=model_spec,
-        key=lambda w: _embedding_space.model_key(config, w.model),
+        key=lambda w: model_key(config, "embedding_space", w.model),
         settings=EMBEDDING_SPACE["concept_similarity"],
         device=EMBEDDING_SPACE["device"],
     script:
-        "../scripts/embedding_space_concepts.py"
+        "../../scripts/embedding_space_concepts.py"
 
 
 rule embedding_space_section:
@@ -177,15 +173,16 @@ rule embedding_space_section:
     log:
         f"{RESULTS}/logs/embedding_space_section.log",
     conda:
-        "../../envs/analysis.yaml"
+        "../../../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=2000,
     params:
         pairs=EMBEDDING_SPACE_PAIRS,
     script:
-        "../scripts/embedding_space_section.py"
+        "../../scripts/embedding_space_section.py"
 
 
-if EMBEDDING_SPACE["enabled"]:
-    REPORT_SECTIONS.append(rules.embedding_space_section.output.manifest)
+REPORT_SECTIONS += if_enabled(
+    EMBEDDING_SPACE, rules.embedding_space_section.output.manifest
+)

@@ -1,0 +1,83 @@
+"""The config's schema (main file plus one fragment per module) and the vocabulary every stage
+shares: the error type, the model and dataset sources, the recordings a config asks for."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+MODEL_SOURCES = ("hub", "path", "package", "train")
+DATASET_SOURCES = ("builtin", "hf", "file", "variant_of", "task")
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message lists every problem with its key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"invalid config ({len(problems)} problem{'s' * (len(problems) != 1)}):\n{lines}\n"
+            "See config/README.md for every key."
+        )
+
+
+MODULE_SCHEMAS = SCHEMA_PATH.parent / "modules"
+
+
+def load_schema() -> dict:
+    """The main schema with every module's fragment merged in.
+
+    A module (a related study, the reductions) keeps its keys in
+    ``workflow/schemas/modules/<module>.yaml``: top-level ``properties`` and optional ``$defs``,
+    merged here so validation and config/README.md see one schema.
+    """
+    return copy.deepcopy(merged_schema())
+
+
+def merged_schema() -> dict:
+    """The merged schema, parsed once per version of its files (parsing the YAML is most of the
+    cost of a validation). Shared: callers must not modify it."""
+    files = [SCHEMA_PATH, *sorted(MODULE_SCHEMAS.glob("*.yaml"))]
+    stamps = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    return _parse_schema(stamps)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_schema(stamps: tuple) -> dict:
+    schema = yaml.safe_load(Path(stamps[0][0]).read_text())
+    for fragment_path in (Path(stamp[0]) for stamp in stamps[1:]):
+        try:
+            fragment = yaml.safe_load(fragment_path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{fragment_path}: not valid YAML ({error})") from None
+        for part in ("properties", "$defs"):
+            for key, value in fragment.get(part, {}).items():
+                if key in schema.setdefault(part, {}):
+                    raise ValueError(
+                        f"{fragment_path.name}: '{key}' is already defined in the schema"
+                    )
+                schema[part][key] = value
+    return schema
+
+
+def model_key(config: dict, section: str, model: str) -> str:
+    """The config key that names ``model`` in a module's ``models`` list (``models.<name>`` when
+    the module does not list it), for messages at run time."""
+    models = config.get(section, {}).get("models", [])
+    return f"{section}.models[{models.index(model)}]" if model in models else f"models.{model}"
+
+
+def recordings(config: dict) -> list[tuple[str, str]]:
+    """(model, dataset) pairs to record, in config order, without repeats."""
+    pairs: list[tuple[str, str]] = []
+    for run in config["runs"]:
+        for model in run["models"]:
+            for dataset in run["datasets"]:
+                if (model, dataset) not in pairs:
+                    pairs.append((model, dataset))
+    return pairs
