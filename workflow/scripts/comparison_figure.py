@@ -4,7 +4,8 @@ import json
 from pathlib import Path
 
 from residual_dynamics.io.logs import setup_logging
-from residual_dynamics.paper.panels_dynamics import comparison_figure, recording_styles, save
+from residual_dynamics.paper.panels_dynamics import comparison_figure, recording_styles
+from residual_dynamics.report.style import save
 
 setup_logging(snakemake.log[0])
 recordings = [tuple(r) for r in snakemake.params.recordings]

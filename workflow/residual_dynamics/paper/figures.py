@@ -1,22 +1,16 @@
-"""Figures 1 and 2 from the statistics datasets: which plot goes to which panel file."""
+"""Figures 1-4 of the paper from the analysis datasets: which panel drawing goes to which file."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from residual_dynamics.analysis.rotations import phase_portrait
 from residual_dynamics.analysis.transitions import correlation_histograms
-from residual_dynamics.paper import panels_dynamics as plotting
+from residual_dynamics.paper import panels_dynamics as dynamics
+from residual_dynamics.report.style import figure_paths, save
 
 NULL_NAMES = ("pair_shuffle", "random_walk", "ar1", "phase")
-
-
-def _paths(png: str, formats) -> list[Path]:
-    png = Path(png)
-    return [png] + [png.with_suffix(f".{fmt}") for fmt in formats if fmt != "png"]
 
 
 def _title(ds: xr.Dataset, what: str) -> str:
@@ -26,32 +20,32 @@ def _title(ds: xr.Dataset, what: str) -> str:
 def figure_1(means, stats, mi, *, outputs: dict, formats, dpi: int, reading: str) -> None:
     kinds = stats["transition_kind"].values
     panels = {
-        "fig1b": lambda: plotting.mean_activation_heatmap(means),
-        "fig1c": lambda: plotting.transition_heatmap(
+        "fig1b": lambda: dynamics.mean_activation_heatmap(means),
+        "fig1c": lambda: dynamics.transition_heatmap(
             stats["r"].values,
             title=_title(stats, "Correlation of each unit between sublayer t and t+1"),
             label="Pearson r",
             vmin=float(np.nanmin([0.75, np.nanpercentile(stats["r"].values, 2)])),
             vmax=1.0,
         ),
-        "fig1d": lambda: plotting.correlation_histogram_figure(
+        "fig1d": lambda: dynamics.correlation_histogram_figure(
             correlation_histograms(stats["r_pairs"].values, reading),
             reading,
             _title(stats, "Per-unit correlations"),
         ),
-        "fig1e": lambda: plotting.per_transition_figure(
+        "fig1e": lambda: dynamics.per_transition_figure(
             stats["cosine"].values,
             kinds,
             title=_title(stats, "Cosine similarity between successive sublayers"),
             ylabel="cosine similarity",
         ),
-        "fig1f": lambda: plotting.per_transition_figure(
+        "fig1f": lambda: dynamics.per_transition_figure(
             stats["velocity"].values,
             kinds,
             title=_title(stats, "Velocity |h(t+1) - h(t)|"),
             ylabel="velocity (L2)",
         ),
-        "fig1g": lambda: plotting.transition_heatmap(
+        "fig1g": lambda: dynamics.transition_heatmap(
             mi["mi_kde"].values,
             title=_title(mi, "Mutual information of each unit between sublayer t and t+1"),
             label="MI (nats)",
@@ -59,7 +53,7 @@ def figure_1(means, stats, mi, *, outputs: dict, formats, dpi: int, reading: str
             vmax=float(max(1e-6, np.nanpercentile(mi["mi_kde"].values, 99))),
             cmap="magma",
         ),
-        "fig1h": lambda: plotting.per_transition_figure(
+        "fig1h": lambda: dynamics.per_transition_figure(
             mi["mi_kde"].values.T,
             kinds,
             title=_title(mi, "Mean mutual information per transition (band: 10-90 % of units)"),
@@ -67,7 +61,7 @@ def figure_1(means, stats, mi, *, outputs: dict, formats, dpi: int, reading: str
         ),
     }
     for key, make in panels.items():
-        plotting.save(make(), _paths(outputs[key], formats), dpi=dpi)
+        save(make(), figure_paths(outputs[key], formats), dpi=dpi)
 
 
 def example_units(r: np.ndarray, n: int = 4) -> list[int]:
@@ -88,38 +82,38 @@ def figure_2(means, rotations, *, outputs: dict, formats, dpi: int) -> None:
         if f"{k}_null_p95_abs" in rotations
     }
     panels = {
-        "fig2a": lambda: plotting.phase_portraits(
+        "fig2a": lambda: dynamics.phase_portraits(
             x, y, example_units(r), r, f"Unit phase portraits, {label}"
         ),
-        "fig2b": lambda: plotting.rotation_histograms(
+        "fig2b": lambda: dynamics.rotation_histograms(
             r, nulls, f"Rotation counts against nulls, {label}"
         ),
-        "fig2c": lambda: plotting.rotation_per_unit(r, p95, f"Rotation count per unit, {label}"),
+        "fig2c": lambda: dynamics.rotation_per_unit(r, p95, f"Rotation count per unit, {label}"),
     }
     for key, make in panels.items():
-        plotting.save(make(), _paths(outputs[key], formats), dpi=dpi)
+        save(make(), figure_paths(outputs[key], formats), dpi=dpi)
 
 
 def figure_3(cae: xr.Dataset, *, outputs: dict, formats, dpi: int, label: str) -> None:
     """Figure 3B-3D from the CAE's test-set evaluation."""
     from residual_dynamics.analysis.transitions import transition_kind
-    from residual_dynamics.paper import panels_reduction as pr
+    from residual_dynamics.paper import panels_reduction as reduction
 
     names = list(cae["sublayer"].values)
     n_test = cae.sizes["sample"]
     panels = {
-        "fig3b": lambda: pr.trajectories(
+        "fig3b": lambda: reduction.trajectories(
             cae["latent"].values,
             names,
             title=f"CAE latent trajectories (mean coloured by sublayer), {label}, {n_test} test samples",
             axis_label="latent",
         ),
-        "fig3c": lambda: pr.latent_steps(
+        "fig3c": lambda: reduction.latent_steps(
             cae["mean_latent_step"].values,
             transition_kind(names),
             title=f"Latent distance between successive sublayers (mean trajectory), {label}",
         ),
-        "fig3d": lambda: pr.explained_variance_band(
+        "fig3d": lambda: reduction.explained_variance_band(
             cae["explained_variance"].values,
             cae["r2"].values,
             names,
@@ -127,32 +121,32 @@ def figure_3(cae: xr.Dataset, *, outputs: dict, formats, dpi: int, label: str) -
         ),
     }
     for key, make in panels.items():
-        plotting.save(make(), _paths(outputs[key], formats), dpi=dpi)
+        save(make(), figure_paths(outputs[key], formats), dpi=dpi)
 
 
 def figure_4abc(pca: xr.Dataset, *, outputs: dict, formats, dpi: int, label: str) -> None:
     """Figure 4A-4C from the global PCA."""
-    from residual_dynamics.paper import panels_reduction as pr
+    from residual_dynamics.paper import panels_reduction as reduction
 
     names = list(pca["sublayer"].values)
     own = pca["sublayer_cumulative_own"].values if "sublayer_cumulative_own" in pca else None
     at = int(pca.attrs.get("read_at", pca.sizes["n_components"]))
     ratio = pca["explained_variance_ratio"].values
     panels = {
-        "fig4a": lambda: pr.trajectories(
+        "fig4a": lambda: reduction.trajectories(
             pca["projection"].values,
             names,
             title=f"Trajectories in PC1/PC2 ({100 * ratio[0]:.1f} %, {100 * ratio[1]:.1f} % of "
             f"variance), {label}, N = {pca.attrs['n_samples']}",
             axis_label="PC",
         ),
-        "fig4b": lambda: pr.cumulative_curves(
+        "fig4b": lambda: reduction.cumulative_curves(
             pca["sublayer_cumulative"].values,
             own,
             names,
             title=f"Cumulative explained variance per sublayer, {label}",
         ),
-        "fig4c": lambda: pr.cumulative_at(
+        "fig4c": lambda: reduction.cumulative_at(
             pca["sublayer_cumulative"].values,
             own,
             names,
@@ -161,20 +155,20 @@ def figure_4abc(pca: xr.Dataset, *, outputs: dict, formats, dpi: int, label: str
         ),
     }
     for key, make in panels.items():
-        plotting.save(make(), _paths(outputs[key], formats), dpi=dpi)
+        save(make(), figure_paths(outputs[key], formats), dpi=dpi)
 
 
 def figure_4d(
     pca: xr.Dataset, perturbation: xr.Dataset, *, outputs: dict, formats, dpi: int, label: str
 ) -> None:
     """Figure 4D (teleports) and the recovery measures per layer (4E, beyond the paper)."""
-    from residual_dynamics.paper import panels_reduction as pr
+    from residual_dynamics.paper import panels_reduction as reduction
 
     names = list(perturbation["sublayer"].values)
     layers = [int(x) for x in perturbation["layer"].values]
     mean_path = np.nanmean(pca["projection"].values[:, :, :2], axis=0)
     panels = {
-        "fig4d": lambda: pr.teleports(
+        "fig4d": lambda: reduction.teleports(
             perturbation["teleport_path"].values,
             perturbation["control_path"].values,
             mean_path,
@@ -183,7 +177,7 @@ def figure_4d(
             int(perturbation.attrs["horizon"]),
             title=f"Teleports in PC1/PC2 at the last token of the control prompt, {label}",
         ),
-        "fig4e": lambda: pr.recovery(
+        "fig4e": lambda: reduction.recovery(
             perturbation["measures"].values,
             list(perturbation["kind"].values),
             layers,
@@ -192,4 +186,4 @@ def figure_4d(
         ),
     }
     for key, make in panels.items():
-        plotting.save(make(), _paths(outputs[key], formats), dpi=dpi)
+        save(make(), figure_paths(outputs[key], formats), dpi=dpi)

@@ -1,33 +1,21 @@
-"""Figures: one seaborn style, colour-blind-safe palettes, PNG and SVG."""
+"""The panels of Figures 1 and 2 (dynamics across sublayers) and the across-models comparison."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
 import xarray as xr  # noqa: E402
 
-# Within-layer transitions green and cross-layer blue, as in the paper, from a colour-blind-safe set.
-PALETTE = sns.color_palette("colorblind")
-WITHIN, CROSS = PALETTE[2], PALETTE[0]
-
-
-def set_style() -> None:
-    sns.set_theme(context="paper", style="ticks", palette="colorblind", font_scale=1.1)
-    plt.rcParams.update({"figure.dpi": 100, "savefig.bbox": "tight", "axes.titleweight": "bold"})
-
-
-def save(fig, paths: Sequence[Path | str], dpi: int = 150) -> None:
-    for path in paths:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+from residual_dynamics.report.style import (  # noqa: E402
+    CROSS,
+    PALETTE,
+    kind_colours,
+    kind_legend,
+    set_style,
+)
 
 
 def mean_activation_heatmap(means: xr.Dataset, clip: float = 1.0):
@@ -55,20 +43,6 @@ def mean_activation_heatmap(means: xr.Dataset, clip: float = 1.0):
     )
     fig.colorbar(image, ax=ax, label=f"mean activation (clipped to ±{clip:g})", fraction=0.04)
     return fig
-
-
-def _kind_colours(kinds) -> list:
-    return [WITHIN if k == "within" else CROSS for k in kinds]
-
-
-def _kind_legend(ax) -> None:
-    from matplotlib.lines import Line2D
-
-    handles = [
-        Line2D([], [], marker="o", ls="", color=WITHIN, label="within layer (attn→mlp)"),
-        Line2D([], [], marker="o", ls="", color=CROSS, label="cross layer (mlp→attn)"),
-    ]
-    ax.legend(handles=handles, frameon=False, fontsize=8)
 
 
 def transition_heatmap(
@@ -145,11 +119,11 @@ def per_transition_figure(
         low, high = np.nanpercentile(values, [10, 90], axis=0)
         ax.fill_between(t, low, high, color="0.85", label="10–90 % over samples", lw=0)
     ax.plot(t, mean, color="0.4", lw=1)
-    ax.scatter(t, mean, c=_kind_colours(kinds), s=22, zorder=3)
+    ax.scatter(t, mean, c=kind_colours(kinds), s=22, zorder=3)
     ax.set_xlabel("transition t (sublayer t → t+1)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    _kind_legend(ax)
+    kind_legend(ax)
     return fig
 
 

@@ -6,11 +6,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.collections import LineCollection
 
-from residual_dynamics.paper.panels_dynamics import (
+from residual_dynamics.report.style import (
     CROSS,
     PALETTE,
-    _kind_colours,
-    _kind_legend,
+    kind_colours,
+    kind_legend,
     set_style,
 )
 
@@ -58,11 +58,11 @@ def latent_steps(steps: np.ndarray, kinds, *, title: str):
     fig, ax = plt.subplots(figsize=(7, 3.2))
     t = np.arange(len(steps))
     ax.plot(t, steps, color="0.4", lw=1)
-    ax.scatter(t, steps, c=_kind_colours(kinds), s=22, zorder=3)
+    ax.scatter(t, steps, c=kind_colours(kinds), s=22, zorder=3)
     ax.set_xlabel("transition t (sublayer t → t+1)")
     ax.set_ylabel("latent distance")
     ax.set_title(title, fontsize=10)
-    _kind_legend(ax)
+    kind_legend(ax)
     return fig
 
 

@@ -105,7 +105,7 @@ def section(summaries: dict[str, dict], curves_png: str | None = None) -> dict:
 def curves_figure(summaries: dict[str, dict], paths, dpi: int = 150) -> None:
     import matplotlib.pyplot as plt
 
-    from residual_dynamics.paper.panels_dynamics import PALETTE, save, set_style
+    from residual_dynamics.report.style import PALETTE, save, set_style
 
     set_style()
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.4))

@@ -51,7 +51,7 @@ def figures(results: dict[str, dict], paths: dict[str, list], dpi: int = 150) ->
     paths (PNG, SVG, ...)."""
     import matplotlib.pyplot as plt
 
-    from residual_dynamics.paper.panels_dynamics import PALETTE, save, set_style
+    from residual_dynamics.report.style import PALETTE, save, set_style
 
     set_style()
     names = list(results)

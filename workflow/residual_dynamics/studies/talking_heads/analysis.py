@@ -842,7 +842,7 @@ def _attention_grid(model, runner, data, ranked, mover, prompts, ids, object_pos
 def _text_figure(text: str):
     import matplotlib.pyplot as plt
 
-    from residual_dynamics.paper.panels_dynamics import set_style
+    from residual_dynamics.report.style import set_style
 
     set_style()
     fig, ax = plt.subplots(figsize=(6, 1.6))
@@ -856,7 +856,7 @@ def composition_figure(data: xr.Dataset, title: str):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from residual_dynamics.paper.panels_dynamics import set_style
+    from residual_dynamics.report.style import set_style
 
     set_style()
     n_layers, n_heads = int(data.attrs["n_layers"]), int(data.attrs["n_heads"])
@@ -890,7 +890,7 @@ def components_figure(data: xr.Dataset, heads: dict, kind: str, title: str):
     """Component z-scores of every earlier head into the mover, and the inhibition heads' scores."""
     import matplotlib.pyplot as plt
 
-    from residual_dynamics.paper.panels_dynamics import PALETTE, set_style
+    from residual_dynamics.report.style import PALETTE, set_style
 
     set_style()
     mover = heads["mover"]
@@ -937,7 +937,7 @@ def components_figure(data: xr.Dataset, heads: dict, kind: str, title: str):
 def laundry_figure(result: xr.Dataset, title: str):
     import matplotlib.pyplot as plt
 
-    from residual_dynamics.paper.panels_dynamics import PALETTE, set_style
+    from residual_dynamics.report.style import PALETTE, set_style
 
     if result.attrs.get("skipped"):
         return _text_figure(f"Laundry List skipped: {result.attrs.get('reason')}")
@@ -977,7 +977,7 @@ def laundry_figure(result: xr.Dataset, title: str):
 def interventions_figure(result: xr.Dataset, title: str):
     import matplotlib.pyplot as plt
 
-    from residual_dynamics.paper.panels_dynamics import PALETTE, set_style
+    from residual_dynamics.report.style import PALETTE, set_style
 
     if result.attrs.get("skipped") or "steering_accuracy_vocab" not in result:
         reason = result.attrs.get("reason") or "interventions were not run"
@@ -1026,7 +1026,7 @@ def grid_figure(result: xr.Dataset, title: str):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from residual_dynamics.paper.panels_dynamics import set_style
+    from residual_dynamics.report.style import set_style
 
     if "grid_attended_index" not in result:
         reason = result.attrs.get("reason") or "fewer than three components or no interventions"
@@ -1234,7 +1234,7 @@ def write_figures(
     A part that did not run (the Laundry List on a tokenizer without the objects) gets a small
     figure that says why, so the set of files is always the same.
     """
-    from residual_dynamics.paper.panels_dynamics import save
+    from residual_dynamics.report.style import save
 
     heads = heads_of(weights)
     directory = Path(directory)
