@@ -15,9 +15,10 @@ include: "workflow/rules/datasets.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/extraction.smk"
 include: "workflow/rules/statistics.smk"
-include: "workflow/rules/figures.smk"
 include: "workflow/rules/reduction.smk"
 include: "workflow/rules/perturbation.smk"
+# Summaries, claims and Figures 1-4 of the paper, from the analyses above.
+include: "workflow/rules/paper.smk"
 # Related studies: each switched on in config, each adding a report section.
 include: "workflow/rules/studies/affine.smk"
 include: "workflow/rules/studies/talking_heads.smk"

@@ -51,12 +51,11 @@ import torch
 
 from residual_dynamics.inputs.datasets import prepare_dataset
 from residual_dynamics.inputs.models import context_window, load_model
-from residual_dynamics.io.store import chunk_rows_for, open_store
+from residual_dynamics.io.store import chunk_rows_for, open_store, package_versions
 from residual_dynamics.recording.extract import (
     Extractor,
     architecture_attrs,
     extract_to_store,
-    package_versions,
     pad_token_id,
     plan_blocks,
     resolve_positions,

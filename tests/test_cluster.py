@@ -21,10 +21,12 @@ from residual_dynamics.recording.extract import (
     Extractor,
     HostCopy,
     Pending,
-    choose_device_map,
     extract_to_store,
-    fits_on_one_device,
     pad_token_id,
+)
+from residual_dynamics.recording.placement import (
+    choose_device_map,
+    fits_on_one_device,
     weight_bytes,
 )
 from tiny_models import WORDS, save_tiny_model

@@ -140,6 +140,7 @@ def test_claims_read_the_paper_signatures_from_a_summary():
 
 
 def test_controls_are_the_untrained_twin_and_the_shuffled_texts_the_runs_record():
+    from residual_dynamics.config.schema import recordings
     from residual_dynamics.paper.claims import controls_of
 
     config = {
@@ -151,14 +152,18 @@ def test_controls_are_the_untrained_twin_and_the_shuffled_texts_the_runs_record(
         "datasets": {"d": {"builtin": "x"}, "d_shuf": {"variant_of": "d", "shuffle_tokens": True}},
         "runs": [{"models": ["m", "m_random", "other_random"], "datasets": ["d", "d_shuf"]}],
     }
-    assert controls_of(config, "m", "d") == {
+
+    def controls(model, dataset):
+        return controls_of(config["models"], config["datasets"], recordings(config), model, dataset)
+
+    assert controls("m", "d") == {
         "untrained twin": ("m_random", "d"),
         "shuffled tokens": ("m", "d_shuf"),
     }
-    assert controls_of(config, "m_random", "d") == {"shuffled tokens": ("m_random", "d_shuf")}
-    assert controls_of(config, "m", "d_shuf") == {"untrained twin": ("m_random", "d_shuf")}
+    assert controls("m_random", "d") == {"shuffled tokens": ("m_random", "d_shuf")}
+    assert controls("m", "d_shuf") == {"untrained twin": ("m_random", "d_shuf")}
     config["runs"] = [{"models": ["m"], "datasets": ["d"]}]  # controls defined but not recorded
-    assert controls_of(config, "m", "d") == {}
+    assert controls("m", "d") == {}
 
 
 def test_page_shows_claims_beside_controls_and_the_comparison(tmp_path):
@@ -167,8 +172,9 @@ def test_page_shows_claims_beside_controls_and_the_comparison(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from residual_dynamics.paper.captions import add_claim_verdicts
     from residual_dynamics.paper.claims import evaluate
-    from residual_dynamics.report.page import Figure, add_claim_verdicts
+    from residual_dynamics.report.page import Figure
 
     good = evaluate(summary_with([0.9, 0.8, 0.95], [0.5, 0.8, 0.9], [1, 2, 3], [3, 1, 1]), None)
     bad = evaluate(summary_with([0.1, 0.2, 0.1], [0.9, 0.5, 0.4], [3, 2, 1], [1, 1, 1]), None)
@@ -202,14 +208,14 @@ def test_page_shows_claims_beside_controls_and_the_comparison(tmp_path):
 
 
 def test_comparison_figure_overlays_recordings_on_normalised_depth():
-    from residual_dynamics.paper.panels_dynamics import comparison_figure, recording_styles
+    from residual_dynamics.paper.comparison import comparison_figure, recording_styles
 
     config = {
         "models": {"a": {"package": "p"}, "a0": {"package": "p", "init": "random"}},
         "datasets": {"d": {}, "s": {"variant_of": "d", "shuffle_tokens": True}},
     }
     recordings = [("a", "d"), ("a", "s"), ("a0", "d")]
-    styles = recording_styles(config, recordings)
+    styles = recording_styles(config["models"], config["datasets"], recordings)
     assert styles["a", "d"]["color"] == styles["a0", "d"]["color"]  # twins share a colour
     assert [styles[r]["ls"] for r in recordings] == ["-", "--", ":"]
     short = summary_with([0.9, 0.8, 0.95], [0.5, 0.8, 0.9], [1, 2, 4], [3, 1, 1])

@@ -31,7 +31,7 @@ PROFILE = REPO / "workflow" / "profiles" / "slurm"
 # The tiny recording taken through the statistics: 9 jobs (2 extraction shards) instead of the
 # whole report's ~40, so the SLURM run stays near two minutes.
 MODEL, DATASET = "tiny_llama", "texts"
-TARGETS = [f"results/statistics/{MODEL}/{DATASET}/summary.json"]
+TARGETS = [f"results/summaries/{MODEL}/{DATASET}/summary.json"]
 RULES = {
     "prepare_dataset": 1,
     "extract_activations": 2,
@@ -156,7 +156,7 @@ def test_slurm_outputs_equal_a_local_run(slurm_run, local_run):
     assert on_slurm.attrs["n_shards"] == 2
     for name in ("resid", "text_id", "text_index", "token_position", "n_tokens", "token_id"):
         np.testing.assert_array_equal(on_slurm[name][:], local[name][:], err_msg=name)
-    summary = f"results/statistics/{MODEL}/{DATASET}/summary.json"
+    summary = f"results/summaries/{MODEL}/{DATASET}/summary.json"
     assert_same_numbers(
         json.loads((work / summary).read_text()), json.loads((local_run / summary).read_text())
     )

@@ -4,16 +4,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from residual_dynamics.config.schema import ConfigError, model_key, recordings
+from snakemake.logging import logger
+
+from residual_dynamics.config.schema import (
+    ConfigError,
+    embedded_config,
+    model_key,
+    models_in_use,
+    recordings,
+)
 from residual_dynamics.config.validate import validate_config
 
 try:
-    # Every key checked, every default filled, before any job starts.
-    config = validate_config(config, base_dir=Path.cwd())
+    # Every key checked, every default filled, before any job starts. A related study still
+    # listing config/config.yaml's models follows the runs (one line says how).
+    config = validate_config(
+        config, base_dir=Path.cwd(), embedded=embedded_config(), note=logger.warning
+    )
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 RECORDINGS = recordings(config)
+# Models some run records or some switched-on module lists: only these are built.
+MODELS_IN_USE = models_in_use(config)
 RESULTS = "results"
 # Report sections that modules add: each module's rules file appends the path of the JSON manifest
 # (report.write_section_manifest) its section rule writes, when the module is switched on.

@@ -20,20 +20,17 @@ PANELS = [
 rule report:
     """One self-contained HTML page for every model and dataset."""
     input:
-        stores=per_recording(f"{RESULTS}/activations/{{model}}/{{dataset}}.zarr"),
-        means=per_recording(
-            f"{RESULTS}/statistics/{{model}}/{{dataset}}/unit_means.zarr"
-        ),
-        summaries=per_recording(
-            f"{RESULTS}/statistics/{{model}}/{{dataset}}/summary.json"
-        ),
-        reductions=per_recording(
-            f"{RESULTS}/statistics/{{model}}/{{dataset}}/reduction_summary.json"
-        ),
-        figures=[
-            per_recording(f"{RESULTS}/figures/{{model}}/{{dataset}}/{panel}.png")
+        **{
+            panel: per_recording(
+                f"{RESULTS}/figures/{{model}}/{{dataset}}/{panel}.png"
+            )
             for panel in PANELS
-        ],
+        },
+        stores=per_recording(rules.merge_shards.output.store),
+        means=per_recording(rules.unit_means.output.means),
+        summaries=per_recording(rules.summary.output.summary),
+        reductions=per_recording(rules.reduction_summary.output.summary),
+        # One named input per panel (fig1b, ...), each listing the recordings in RECORDINGS' order.
         sections=REPORT_SECTIONS,
         comparison=rules.comparison_figure.output.png,
     output:
@@ -49,7 +46,11 @@ rule report:
         recordings=RECORDINGS,
         panels=PANELS,
         title=config["report"]["title"],
-        config=config,
+        models=config["models"],
+        datasets=config["datasets"],
+        # The page shows the whole validated config (collapsed) beside the settings that shape
+        # the numbers, so this rule is the one that takes all of it.
+        run_config=config,
         benchmarks=f"{RESULTS}/benchmarks",
     script:
         "../scripts/report.py"

@@ -88,23 +88,3 @@ rule rotations:
         settings=config["rotations"],
     script:
         "../scripts/rotations.py"
-
-
-rule summary:
-    """The numbers of Figures 1 and 2 in one JSON, which the report reads."""
-    input:
-        means=rules.unit_means.output.means,
-        stats=rules.transition_statistics.output.stats,
-        mi=rules.mutual_information.output.mi,
-        rotations=rules.rotations.output.rotations,
-    output:
-        summary=f"{RESULTS}/statistics/{{model}}/{{dataset}}/summary.json",
-    log:
-        f"{RESULTS}/logs/summary/{{model}}/{{dataset}}.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-    script:
-        "../scripts/summary.py"

@@ -23,33 +23,36 @@ rule train_model:
         "../scripts/train_model.py"
 
 
-TRAINED_MODELS = [name for name, spec in config["models"].items() if "train" in spec]
+# The `train:` models some run records or some switched-on module lists; others defined in
+# `models` (config/config.yaml's, under a --configfile that records only its own) are not built.
+TRAINED_MODELS = [name for name in MODELS_IN_USE if "train" in config["models"][name]]
 
-if TRAINED_MODELS:
 
-    rule train_model_section:
-        """The report section on the models the workflow trained: quality against the
-        untrained twins, training curves, the weights' digests."""
-        input:
-            models=[f"{RESULTS}/models/{name}/config.json" for name in TRAINED_MODELS],
-        output:
-            curves=report(
-                f"{RESULTS}/training/training_curves.png",
-                caption="../report/affine_training.rst",
-                category="Trained models",
-            ),
-            manifest=f"{RESULTS}/training/section.json",
-        log:
-            f"{RESULTS}/logs/train_model_section.log",
-        conda:
-            "../../envs/analysis.yaml"
-        threads: 1
-        resources:
-            mem_mb=1000,
-        params:
-            formats=config["figures"]["formats"],
-            dpi=config["figures"]["dpi"],
-        script:
-            "../scripts/train_model_section.py"
+rule train_model_section:
+    """The report section on the models the workflow trained: quality against the
+    untrained twins, training curves, the weights' digests."""
+    input:
+        models=[f"{RESULTS}/models/{name}/config.json" for name in TRAINED_MODELS],
+    output:
+        curves=report(
+            f"{RESULTS}/training/training_curves.png",
+            caption="../report/affine_training.rst",
+            category="Trained models",
+        ),
+        manifest=f"{RESULTS}/training/section.json",
+    log:
+        f"{RESULTS}/logs/train_model_section.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    params:
+        formats=config["figures"]["formats"],
+        dpi=config["figures"]["dpi"],
+    script:
+        "../scripts/train_model_section.py"
 
-    REPORT_SECTIONS.append(rules.train_model_section.output.manifest)
+
+# The section is asked for only when some model is trained.
+REPORT_SECTIONS += [rules.train_model_section.output.manifest] if TRAINED_MODELS else []

@@ -6,15 +6,17 @@ from pathlib import Path
 import xarray as xr
 
 from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.paper.captions import (
+    add_claim_verdicts,
+    mean_activation_caption,
+    panel_captions,
+    reduction_captions,
+)
 from residual_dynamics.paper.claims import controls_of, evaluate
 from residual_dynamics.report.page import (
     Figure,
     Section,
-    add_claim_verdicts,
-    mean_activation_caption,
-    panel_captions,
     read_section_manifest,
-    reduction_captions,
     render,
     write_report,
 )
@@ -22,7 +24,6 @@ from residual_dynamics.report.page import (
 setup_logging(snakemake.log[0])
 sm = snakemake
 recordings = [tuple(r) for r in sm.params.recordings]
-n_recordings = len(recordings)
 summaries = {
     r: json.loads(Path(p).read_text()) for r, p in zip(recordings, sm.input.summaries, strict=True)
 }
@@ -31,7 +32,7 @@ reductions = {
 }
 claims = {r: evaluate(summaries[r], reductions[r]) for r in recordings}
 sections = []
-# Figures arrive panel by panel, each panel for every recording in order.
+# Each panel is a named input listing that panel for every recording, in the order of recordings.
 for index, ((model, dataset), store, means) in enumerate(
     zip(recordings, sm.input.stores, sm.input.means, strict=True)
 ):
@@ -40,12 +41,13 @@ for index, ((model, dataset), store, means) in enumerate(
     captions["fig1b"] = (captions["fig1b"][0], mean_activation_caption(xr.open_zarr(means).load()))
     captions = add_claim_verdicts(captions, claims[model, dataset])
     figures = [
-        Figure(Path(sm.input.figures[p * n_recordings + index]), *captions[panel], panel)
-        for p, panel in enumerate(sm.params.panels)
+        Figure(Path(sm.input[panel][index]), *captions[panel], panel) for panel in sm.params.panels
     ]
     controls = {
         label: (pair, claims[pair])
-        for label, pair in controls_of(sm.params.config, model, dataset).items()
+        for label, pair in controls_of(
+            sm.params.models, sm.params.datasets, recordings, model, dataset
+        ).items()
     }
     sections.append(
         Section(
@@ -60,7 +62,7 @@ for index, ((model, dataset), store, means) in enumerate(
 page = render(
     sections,
     title=sm.params.title,
-    config=sm.params.config,
+    config=sm.params.run_config,
     benchmarks=sorted(Path(sm.params.benchmarks).rglob("*.tsv")),
     modules=[read_section_manifest(path) for path in sm.input.sections],
     comparison=[

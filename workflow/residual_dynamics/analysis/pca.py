@@ -21,7 +21,7 @@ import dask
 import numpy as np
 import xarray as xr
 
-from residual_dynamics.analysis.transitions import _tree_sum, row_blocks, task_array
+from residual_dynamics.analysis.transitions import row_blocks, task_array, tree_sum
 from residual_dynamics.analysis.unit_means import analysed_sublayers
 from residual_dynamics.io.store import open_store
 
@@ -132,7 +132,7 @@ def pca_fit(
     shift_once = dask.delayed(shift)
     moments = dask.delayed(_moments, pure=True)
     (total, gram, sub_sum, sub_sq, count) = dask.compute(
-        _tree_sum([moments(path, r, keep, shift_once) for r in rows])
+        tree_sum([moments(path, r, keep, shift_once) for r in rows])
     )[0]
     n = int(count[0])
     if n < 2:
@@ -157,7 +157,7 @@ def pca_fit(
     project = dask.delayed(_project, pure=True, nout=2)
     basis_once, mean_once = dask.delayed(basis), dask.delayed(mean)
     parts = [project(path, r, keep, mean_once, basis_once) for r in rows]
-    z_blocks, (z_sum, z_sq) = dask.compute([p[0] for p in parts], _tree_sum([p[1] for p in parts]))
+    z_blocks, (z_sum, z_sq) = dask.compute([p[0] for p in parts], tree_sum([p[1] for p in parts]))
     projection = np.concatenate(z_blocks)[:, :, :k_proj]
     along = z_sq / n - (z_sum / n) ** 2  # (S, k): sublayer variance along each global component
     sub_mean = sub_sum / n
@@ -215,7 +215,7 @@ def _per_sublayer_pca(path, rows, keep_list, d, k, group_mib) -> np.ndarray:
         shift = dask.delayed(
             first.mean(axis=0, dtype=np.float64) if len(first) else np.zeros((len(index), d))
         )
-        sums, grams, count = dask.compute(_tree_sum([task(path, r, index, shift) for r in rows]))[0]
+        sums, grams, count = dask.compute(tree_sum([task(path, r, index, shift) for r in rows]))[0]
         n = int(count[0])
         for j in range(len(index)):
             m = sums[j] / n

@@ -33,7 +33,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from residual_dynamics.recording.hooks import ResidualRecorder, _first_tensor, architecture_for
+from residual_dynamics.recording.hooks import ResidualRecorder, architecture_for, first_tensor
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class Reentry:
         vectors = vectors.to(self.device)
 
         def write(_module, args, kwargs):
-            h = _first_tensor(args, kwargs).clone()
+            h = first_tensor(args, kwargs).clone()
             h[:, self.position] = vectors.to(h.dtype)
             if args:
                 return (h, *args[1:]), kwargs

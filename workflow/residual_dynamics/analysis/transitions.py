@@ -108,7 +108,7 @@ def _add(first, second=None):
     return tuple(a + b for a, b in zip(first, second, strict=True))
 
 
-def _tree_sum(parts: list):
+def tree_sum(parts: list):
     """Add delayed partial results pairwise, so the scheduler holds only a few at a time."""
     add = dask.delayed(_add, pure=True)
     while len(parts) > 1:
@@ -143,8 +143,8 @@ def transition_statistics(
             moments.setdefault(u, []).append(m)
             sample_parts.setdefault(r, []).append(p)
     totals, per_sample = dask.compute(
-        [_tree_sum(parts) for parts in moments.values()],
-        [_tree_sum(parts) for parts in sample_parts.values()],
+        [tree_sum(parts) for parts in moments.values()],
+        [tree_sum(parts) for parts in sample_parts.values()],
     )
     s1 = np.concatenate([t[0] for t in totals], axis=-1)
     s2 = np.concatenate([t[1] for t in totals], axis=-1)

@@ -304,3 +304,16 @@ def describe(path: Path | str) -> str:
     return json.dumps(
         {"shape": resid.shape, "chunks": resid.chunks, **dict(group.attrs)}, indent=1, default=str
     )
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape the numbers, for a store's attributes."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("residual-dynamics", "torch", "transformers", "zarr", "numpy", "tokenizers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out

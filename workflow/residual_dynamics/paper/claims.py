@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from residual_dynamics.paper.reference import CLAIM_NUMBERS, CORRELATION_FLOOR
+
 Measure = Callable[[dict, dict | None], tuple[float | None, bool | None]]
 
 
@@ -23,7 +25,7 @@ class Claim:
     key: str
     panel: str
     statement: str  # the paper's finding, as a testable sentence
-    paper: str  # the paper's number(s) for it
+    paper: str  # the paper's number(s) for it (paper.reference.CLAIM_NUMBERS)
     measured: str  # what the value column holds
     measure: Measure
 
@@ -34,7 +36,7 @@ def _finite(values) -> np.ndarray:
 
 def _first_correlation(s: dict, _r) -> tuple:
     r = _finite(s["per_transition"]["correlation"])
-    return (None, None) if not np.isfinite(r[0]) else (float(r[0]), bool(r[0] > 0.8))
+    return (None, None) if not np.isfinite(r[0]) else (float(r[0]), bool(r[0] > CORRELATION_FLOOR))
 
 
 def _correlation_rises(s: dict, _r) -> tuple:
@@ -129,7 +131,7 @@ CLAIMS: list[Claim] = [
         "corr_early",
         "1C",
         "successive sublayers correlate above 0.8 from the first transition",
-        "r > 0.8 at t0",
+        CLAIM_NUMBERS["corr_early"],
         "mean r at t0",
         _first_correlation,
     ),
@@ -137,7 +139,7 @@ CLAIMS: list[Claim] = [
         "corr_rises",
         "1C",
         "correlation rises with depth",
-        "rising",
+        CLAIM_NUMBERS["corr_rises"],
         "rank correlation with depth",
         _correlation_rises,
     ),
@@ -145,7 +147,7 @@ CLAIMS: list[Claim] = [
         "corr_within",
         "1C",
         "within-layer correlation exceeds cross-layer",
-        "within > cross",
+        CLAIM_NUMBERS["corr_within"],
         "within − cross",
         _within_minus_cross("correlation", +1),
     ),
@@ -153,7 +155,7 @@ CLAIMS: list[Claim] = [
         "cosine_rises",
         "1E",
         "cosine similarity rises from the first transition",
-        "0.52 at t0 → 0.99",
+        CLAIM_NUMBERS["cosine_rises"],
         "second-half mean − t0",
         _cosine_rises,
     ),
@@ -161,7 +163,7 @@ CLAIMS: list[Claim] = [
         "velocity_late",
         "1F",
         "velocity peaks in the last third",
-        "peak ≈ 24 at t61 of 62",
+        CLAIM_NUMBERS["velocity_late"],
         "depth of the peak (0-1)",
         _velocity_peaks_late,
     ),
@@ -169,7 +171,7 @@ CLAIMS: list[Claim] = [
         "velocity_cross",
         "1F",
         "cross-layer transitions move faster than within-layer",
-        "cross > within",
+        CLAIM_NUMBERS["velocity_cross"],
         "within − cross",
         _within_minus_cross("velocity", -1),
     ),
@@ -177,7 +179,7 @@ CLAIMS: list[Claim] = [
         "mi_drop",
         "1H",
         "MI drops after the first transition to below half",
-        "4.35 → trough 0.75-1.2",
+        CLAIM_NUMBERS["mi_drop"],
         "lowest later / t0",
         _mi_drops_early,
     ),
@@ -185,7 +187,7 @@ CLAIMS: list[Claim] = [
         "rotations",
         "2B",
         "units rotate more than autocorrelated noise",
-        "R = 10.74 vs ≈ 0 (pair shuffle only)",
+        CLAIM_NUMBERS["rotations"],
         "units beyond the surrogates' 95th pct.",
         _rotates_beyond_surrogates,
     ),
@@ -193,7 +195,7 @@ CLAIMS: list[Claim] = [
         "cae_last_step",
         "3C",
         "the last latent step is the largest by far",
-        "≈ 0.24 vs mostly < 0.1",
+        CLAIM_NUMBERS["cae_last_step"],
         "last step / median step",
         _cae("step"),
     ),
@@ -201,7 +203,7 @@ CLAIMS: list[Claim] = [
         "cae_ev_rises",
         "3D",
         "the CAE reconstructs later sublayers better",
-        "≈ 0 → 0.75",
+        CLAIM_NUMBERS["cae_ev_rises"],
         "explained variance at the last sublayer",
         _cae("ev_rises"),
     ),
@@ -209,7 +211,7 @@ CLAIMS: list[Claim] = [
         "pca_later",
         "4C",
         "later sublayers need fewer components",
-        "0.04 → 0.57 (peak) at 100 PCs",
+        CLAIM_NUMBERS["pca_later"],
         "last − first",
         _pca_later,
     ),
@@ -217,7 +219,7 @@ CLAIMS: list[Claim] = [
         "teleports",
         "4D",
         "mid-depth teleports recover more than first- and last-layer ones",
-        "qualitative (no numbers)",
+        CLAIM_NUMBERS["teleports"],
         "remaining distance, mid − first/last",
         _teleports_recover,
     ),
@@ -240,14 +242,14 @@ def verdict_word(holds: bool | None) -> str:
     return {True: "reproduced", False: "not reproduced", None: "not comparable"}[holds]
 
 
-def controls_of(config: dict, model: str, dataset: str) -> dict[str, tuple[str, str]]:
-    """The control recordings of (model, dataset) that the config defines: its untrained twin (a model
-    with the same source and ``init: random``) on the same texts, and the same model on the texts'
-    token-shuffled variant. Only pairs the runs record are returned."""
-    runs = {
-        (m, d) for run in config.get("runs", []) for m in run["models"] for d in run["datasets"]
-    }
-    models, datasets = config.get("models", {}), config.get("datasets", {})
+def controls_of(
+    models: dict, datasets: dict, recordings, model: str, dataset: str
+) -> dict[str, tuple[str, str]]:
+    """The control recordings of (model, dataset) that the config's ``models`` and ``datasets``
+    define: its untrained twin (a model with the same source and ``init: random``) on the same
+    texts, and the same model on the texts' token-shuffled variant. Only pairs among
+    ``recordings`` (config.schema.recordings) are returned."""
+    runs = {tuple(pair) for pair in recordings}
     out = {}
     spec = models.get(model, {})
     if spec.get("init", "pretrained") != "random":

@@ -33,8 +33,15 @@ import torch
 from tqdm import tqdm
 
 from residual_dynamics.inputs import datasets as ds
-from residual_dynamics.io.store import chunk_rows_for, create_store, finalise, temporary_path
+from residual_dynamics.io.store import (
+    chunk_rows_for,
+    create_store,
+    finalise,
+    package_versions,
+    temporary_path,
+)
 from residual_dynamics.recording.hooks import ResidualRecorder, architecture_for
+from residual_dynamics.recording.placement import choose_device_map
 
 log = logging.getLogger(__name__)
 
@@ -500,67 +507,6 @@ def architecture_attrs(model) -> dict:
         "n_layers": int(model.config.num_hidden_layers),
         "d_model": int(model.config.hidden_size),
     }
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("residual-dynamics", "torch", "transformers", "zarr", "numpy", "tokenizers"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def weight_bytes(name: str, spec: dict) -> int:
-    """Bytes of the (base) model's weights in the spec's dtype, from its config alone: the model
-    is built on the meta device, so nothing is downloaded but config.json and nothing allocated."""
-    from transformers import AutoConfig, AutoModel
-
-    from residual_dynamics.inputs.models import DTYPES, model_location
-
-    location, revision, _ = model_location(name, spec)
-    trust = spec.get("trust_remote_code", False)
-    config = AutoConfig.from_pretrained(location, revision=revision, trust_remote_code=trust)
-    with torch.device("meta"):
-        model = AutoModel.from_config(
-            config, dtype=DTYPES[spec.get("dtype", "float32")], trust_remote_code=trust
-        )
-    tensors = [*model.parameters(), *model.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def fits_on_one_device(need_bytes: int, free_bytes: int, headroom: float = 0.8) -> bool:
-    """Whether weights of ``need_bytes`` leave room for activations on a device with
-    ``free_bytes`` free: they may take at most ``headroom`` of it."""
-    return need_bytes <= headroom * free_bytes
-
-
-def choose_device_map(name: str, spec: dict, requested: str = "auto") -> str | None:
-    """``"auto"`` when extraction runs on a GPU and the model's weights do not fit on it (so
-    accelerate spreads the layers over every visible GPU, then host memory); None otherwise, and
-    the model is moved whole to the one device."""
-    from residual_dynamics.inputs.models import resolve_device
-
-    device = resolve_device(requested)
-    if device.type != "cuda":
-        return None
-    free, _ = torch.cuda.mem_get_info(device)
-    need = weight_bytes(name, spec)
-    if fits_on_one_device(need, free):
-        return None
-    log.info(
-        "models.%s: %.1f GiB of weights do not fit on %s (%.1f GiB free): device_map='auto' "
-        "over %d GPU(s)",
-        name,
-        need / 2**30,
-        device,
-        free / 2**30,
-        torch.cuda.device_count(),
-    )
-    return "auto"
 
 
 def record_activations(

@@ -128,7 +128,7 @@ def sublayer_names(n_layers: int, arch: Architecture, include_final: bool) -> li
     return names
 
 
-def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
+def first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
     if args:
         return args[0]
     return kwargs["hidden_states"]
@@ -162,7 +162,7 @@ class ResidualRecorder:
 
     def _pre_hook(self, index: int):
         def hook(_module, args, kwargs):
-            self._captured[index] = self._select(_first_tensor(args, kwargs))
+            self._captured[index] = self._select(first_tensor(args, kwargs))
 
         return hook
 
