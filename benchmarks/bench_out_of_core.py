@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from residual_dynamics.analysis.transitions import dask_client, transition_statistics
+from residual_dynamics.analysis.cluster import dask_client
+from residual_dynamics.analysis.transitions import transition_statistics
 from residual_dynamics.io.store import create_store, finalise, open_store, temporary_path
 
 OUT = Path(__file__).resolve().parent / "out"

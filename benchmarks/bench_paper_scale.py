@@ -44,10 +44,11 @@ MIB = 2**20
 
 def run_statistic(name: str, store: Path, threads: int, memory_limit: str, work: Path) -> dict:
     """One statistic, as its rule runs it (this is the child process)."""
+    from residual_dynamics.analysis.cluster import dask_client
     from residual_dynamics.analysis.mutual_information import transition_mutual_information
     from residual_dynamics.analysis.pca import pca_fit
     from residual_dynamics.analysis.rotations import rotation_summary
-    from residual_dynamics.analysis.transitions import dask_client, transition_statistics
+    from residual_dynamics.analysis.transitions import transition_statistics
     from residual_dynamics.analysis.unit_means import unit_means
 
     t0 = time.perf_counter()

@@ -121,12 +121,14 @@ def test_slurm_worker_job_script_carries_the_settings():
     assert "--nworkers 2" in script and "--nthreads 4" in script
 
 
-def test_transitions_dask_client_delegates_with_its_old_signature():
-    from residual_dynamics.analysis.transitions import dask_client
+def test_a_job_client_takes_the_statistics_and_dask_sections():
+    from residual_dynamics.analysis.cluster import job_client
 
-    with dask_client(threads=1, memory_limit="1GiB") as client:
+    statistics = {"memory_limit": "1GiB", "scheduler_address": None}
+    with job_client(1, statistics=statistics, dask={}) as client:
         (worker,) = client.scheduler_info()["workers"].values()
         assert worker["nthreads"] == 1
+        assert worker["memory_limit"] == 2**30
 
 
 # --- the host copy ---------------------------------------------------------------------------

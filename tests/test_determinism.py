@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from test_transitions import NAMES, write_store
 
+from residual_dynamics.analysis.cluster import dask_client
 from residual_dynamics.analysis.pca import _moments, _project, pca_fit
 from residual_dynamics.analysis.transitions import (
     _tile,
-    dask_client,
     row_blocks,
     transition_statistics,
 )
@@ -96,7 +96,7 @@ def test_local_cluster_gives_the_same_bits_as_the_in_process_scheduler(store):
 
     with dask.config.set(scheduler="sync"):
         reference = run()
-    with dask_client(threads=2, memory_limit="1GiB", settings={"cluster": "local"}):
+    with dask_client({"cluster": "local"}, threads=2, memory_limit="1GiB"):
         first, second = run(), run()
     for key, value in reference.items():
         for other in (first, second):

@@ -206,7 +206,7 @@ def test_accuracy_curve_with_an_oracle_and_a_length_limit():
 
 
 def test_accuracy_curve_on_a_tiny_gpt2_end_to_end():
-    from residual_dynamics.studies.talking_heads.analysis import Runner
+    from residual_dynamics.studies.talking_heads.runner import Runner
 
     tokenizer = laundry_tokenizer()
     model = tiny_gpt2(tokenizer)

@@ -15,17 +15,40 @@ from test_laundry_list import laundry_tokenizer, tiny_gpt2
 
 from residual_dynamics.config.schema import model_key
 from residual_dynamics.config.validate import validate_config
-from residual_dynamics.studies.talking_heads import analysis as th
+from residual_dynamics.io.atomic import write_dataset_atomic
 from residual_dynamics.studies.talking_heads import config as th_config
+from residual_dynamics.studies.talking_heads.figures import write_figures
+from residual_dynamics.studies.talking_heads.laundry import laundry_list_analysis
+from residual_dynamics.studies.talking_heads.runner import (
+    Runner,
+    component_removed,
+    head_write_projection,
+    last_token_attention,
+    residual_at_layer,
+    steered,
+)
+from residual_dynamics.studies.talking_heads.section import write_section
+from residual_dynamics.studies.talking_heads.weights import (
+    KINDS,
+    HeadWeights,
+    TalkingHeadsError,
+    check_gpt2,
+    composition_analysis,
+    gram_core,
+    head_weights,
+    select_heads,
+    top_outliers,
+    weights_analysis,
+)
 from tiny_models import make_tokenizer, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def random_weights(n_layers=3, n_heads=2, d=12, dh=4, seed=0) -> th.HeadWeights:
+def random_weights(n_layers=3, n_heads=2, d=12, dh=4, seed=0) -> HeadWeights:
     rng = np.random.default_rng(seed)
     draw = lambda *shape: rng.normal(size=shape)  # noqa: E731
-    return th.HeadWeights(
+    return HeadWeights(
         W_Q=draw(n_layers, n_heads, d, dh),
         W_K=draw(n_layers, n_heads, d, dh),
         W_V=draw(n_layers, n_heads, d, dh),
@@ -44,7 +67,7 @@ def plain_cs(a: np.ndarray, b: np.ndarray) -> float:
 def test_composition_scores_equal_a_plain_loop_over_full_matrices():
     """Independent: d x d matrices, numpy SVD, Elhage et al.'s column-vector formulas."""
     w = random_weights()
-    data = th.composition_analysis(w)
+    data = composition_analysis(w)
     for l1 in range(3):
         for h1 in range(2):
             # Column-vector convention: W_OV = (our OV)^T, W_QK = our QK.
@@ -79,7 +102,7 @@ def test_composition_scores_equal_a_plain_loop_over_full_matrices():
 
 def test_component_scores_add_up_as_the_algebra_says():
     w = random_weights(seed=1)
-    data = th.composition_analysis(w)
+    data = composition_analysis(w)
     for source in ("0.0", "0.1", "1.1"):
         layer, head = (int(x) for x in source.split("."))
         ov = w.ov(layer, head)
@@ -93,7 +116,7 @@ def test_component_scores_add_up_as_the_algebra_says():
         # W2 times the sum of the parts is W2 times OV, part by part.
         np.testing.assert_allclose(sum(p @ qk2 for p in parts), ov @ qk2, atol=1e-3)
         # Orthogonal parts: squared numerators add, so CS^2 is the s^2-weighted mean of CS_i^2.
-        for kind in th.KINDS:
+        for kind in KINDS:
             whole = float(data["composition"].sel(kind=kind, source=source, target="2.0"))
             comp = data["component_score"].sel(kind=kind, source=source, target="2.0").values
             np.testing.assert_allclose(whole**2, (s**2 * comp**2).sum() / (s**2).sum(), rtol=1e-4)
@@ -105,7 +128,7 @@ def test_gram_core_handles_rank_deficient_factors():
     rng = np.random.default_rng(0)
     factor = np.zeros((10, 4))
     factor[:, 0] = rng.normal(size=10)
-    core = th.gram_core(factor)
+    core = gram_core(factor)
     x = rng.normal(size=(4, 7))
     np.testing.assert_allclose(np.linalg.norm(core @ x), np.linalg.norm(factor @ x), rtol=1e-10)
 
@@ -151,7 +174,7 @@ def normalised(x, eps):
 def test_ov_from_the_weights_equals_the_models_attention_output():
     """One token attends only to itself: attention output = n(x) @ sum_h OV_h (biases zero)."""
     model, _ = gpt2_without_biases()
-    w = th.head_weights(model)
+    w = head_weights(model)
     block = model.transformer.h[1]
     ln = capture(block.ln_1, lambda: model(input_ids=torch.tensor([[7]])))
     attn = capture(block.attn, lambda: model(input_ids=torch.tensor([[7]])))
@@ -160,14 +183,14 @@ def test_ov_from_the_weights_equals_the_models_attention_output():
     np.testing.assert_allclose(attn["out"][0][0, 0].double().numpy(), expected, atol=1e-5)
     # One head's own write, projected on a direction, as the steering scale reads it.
     direction = np.random.default_rng(0).normal(size=32)
-    runner = th.Runner(model, pad_id=0)
-    projection = th.head_write_projection(runner, [[7]], 1, 2, direction)
+    runner = Runner(model, pad_id=0)
+    projection = head_write_projection(runner, [[7]], 1, 2, direction)
     np.testing.assert_allclose(projection, [x @ w.ov(1, 2) @ direction], rtol=1e-4)
 
 
 def test_qk_from_the_weights_gives_the_models_attention_pattern():
     model, _ = gpt2_without_biases(seed=2)
-    w = th.head_weights(model)
+    w = head_weights(model)
     ids = torch.tensor([[5, 9, 12, 30]])
     with torch.no_grad():
         out = model(input_ids=ids, output_attentions=True)
@@ -190,12 +213,12 @@ def test_last_token_attention_equals_the_model_with_biases():
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn_like(p))
     ids = [[2, 10, 11, 12, 13, 14]]
-    runner = th.Runner(model, tokenizer.pad_token_id)
-    resid = th.residual_at_layer(runner, ids, 1)
+    runner = Runner(model, tokenizer.pad_token_id)
+    resid = residual_at_layer(runner, ids, 1)
     with torch.no_grad():
         out = model(input_ids=torch.tensor(ids), output_attentions=True)
     for head in range(4):
-        mine = th.last_token_attention(model, 1, head, resid[0], 5)
+        mine = last_token_attention(model, 1, head, resid[0], 5)
         np.testing.assert_allclose(
             mine[0].numpy(), out.attentions[1][0, head, -1].numpy(), atol=1e-5
         )
@@ -232,8 +255,8 @@ def planted_gpt2(seed=0):
 
 def test_planted_channel_is_the_top_outlier():
     model, e = planted_gpt2()
-    data = th.composition_analysis(th.head_weights(model))
-    top = th.top_outliers(data, kind="q", n=3)
+    data = composition_analysis(head_weights(model))
+    top = top_outliers(data, kind="q", n=3)
     first = top[0]
     assert (first["source"], first["target"]) == ("0.1", "1.2")
     assert first["component"] == 1  # not the largest singular value: found by score, not index
@@ -243,7 +266,7 @@ def test_planted_channel_is_the_top_outlier():
     assert abs(direction @ e) > 0.99
     q = data["composition"].sel(kind="q")
     assert np.unravel_index(np.nanargmax(q.values), q.shape) == (1, 6)  # 0.1 -> 1.2
-    heads = th.select_heads(data, None, None, 2, "q")
+    heads = select_heads(data, None, None, 2, "q")
     assert heads["mover"] == "1.2" and heads["inhibition"][0] == "0.1"
 
 
@@ -255,8 +278,8 @@ def test_component_removal_rebuilds_the_weights_exactly_and_restores_them():
     model = tiny_gpt2(tokenizer, seed=5)
     with torch.no_grad():
         model.transformer.h[0].attn.c_attn.bias.normal_()
-    data = th.composition_analysis(th.head_weights(model))
-    before = th.head_weights(model)
+    data = composition_analysis(head_weights(model))
+    before = head_weights(model)
     ids = torch.tensor([[2, 10, 20, 30]])
     original = model(input_ids=ids).logits
     attn0 = model.transformer.h[0].attn
@@ -264,8 +287,8 @@ def test_component_removal_rebuilds_the_weights_exactly_and_restores_them():
     u = data["read_direction"].sel(source="0.3", component=2).values.astype(float)
     v = data["write_direction"].sel(source="0.3", component=2).values.astype(float)
     s = float(data["singular_value"].sel(source="0.3", component=2))
-    with th.component_removed(model, 0, 3, v):
-        after = th.head_weights(model)
+    with component_removed(model, 0, 3, v):
+        after = head_weights(model)
         out_after = capture(attn0, lambda: model(input_ids=ids))["out"][0]
     np.testing.assert_allclose(after.ov(0, 3), before.ov(0, 3) - s * np.outer(u, v), atol=1e-5)
     for h in range(3):
@@ -285,13 +308,13 @@ def test_component_removal_rebuilds_the_weights_exactly_and_restores_them():
 def test_steering_adds_the_vector_at_each_last_token_only():
     tokenizer = laundry_tokenizer()
     model = tiny_gpt2(tokenizer, seed=6)
-    runner = th.Runner(model, tokenizer.pad_token_id)
+    runner = Runner(model, tokenizer.pad_token_id)
     ids = [[2, 10, 11], [2, 12, 13, 14, 15]]
     vector = np.linspace(-1, 1, 32)
     seen = {}
     attn = model.transformer.h[1].attn
     plain = capture(attn, lambda: runner(ids))["out"][0]
-    with th.steered(runner, 1, vector):
+    with steered(runner, 1, vector):
         handle = attn.register_forward_hook(lambda m, a, o: seen.__setitem__("out", o[0]))
         runner(ids)
         handle.remove()
@@ -300,23 +323,29 @@ def test_steering_adds_the_vector_at_each_last_token_only():
         np.testing.assert_allclose(diff[row, len(seq) - 1], vector, atol=1e-6)
         diff[row, len(seq) - 1] = 0
     assert np.abs(diff).max() < 1e-6
-    with th.steered(runner, 1, 0 * vector):
-        np.testing.assert_allclose(runner(ids), runner(ids), atol=1e-6)
+    unsteered = runner(ids)
+    with steered(runner, 1, 0 * vector):
+        by_zero = runner(ids)
+    np.testing.assert_allclose(by_zero, unsteered, atol=1e-6)
+    with steered(runner, 1, vector):
+        by_vector = runner(ids)
+    assert np.abs(by_vector - unsteered).max() > 1e-3  # the comparison above can fail
+    np.testing.assert_allclose(runner(ids), unsteered, atol=1e-6)  # the hook is removed on exit
 
 
 # --- head selection and config checks ----------------------------------------------------------
 
 
 def test_head_selection_errors_name_the_key():
-    data = th.composition_analysis(random_weights())
+    data = composition_analysis(random_weights())
     data.attrs.update(n_layers=3, n_heads=2)
-    with pytest.raises(th.TalkingHeadsError, match=r"heads.mover_head: a layer-0 head"):
-        th.select_heads(data, "0.1", None, 2, "q")
-    with pytest.raises(th.TalkingHeadsError, match=r"heads.mover_head: head '5.0' does not exist"):
-        th.select_heads(data, "5.0", None, 2, "q")
-    with pytest.raises(th.TalkingHeadsError, match=r"inhibition_heads\[1\]: head '2.0' is not"):
-        th.select_heads(data, "2.1", ["1.0", "2.0"], 2, "q")
-    chosen = th.select_heads(data, "2.1", None, 3, "k")
+    with pytest.raises(TalkingHeadsError, match=r"heads.mover_head: a layer-0 head"):
+        select_heads(data, "0.1", None, 2, "q")
+    with pytest.raises(TalkingHeadsError, match=r"heads.mover_head: head '5.0' does not exist"):
+        select_heads(data, "5.0", None, 2, "q")
+    with pytest.raises(TalkingHeadsError, match=r"inhibition_heads\[1\]: head '2.0' is not"):
+        select_heads(data, "2.1", ["1.0", "2.0"], 2, "q")
+    chosen = select_heads(data, "2.1", None, 3, "k")
     k = data["composition"].sel(kind="k", target="2.1").values
     assert chosen["inhibition"] == [
         f"{i // 2}.{i % 2}" for i in np.argsort(-np.nan_to_num(k, nan=-1))[:3]
@@ -370,9 +399,12 @@ def test_gpt2_config_validates_without_the_network():
 # --- the module end to end ---------------------------------------------------------------------
 
 
-SETTINGS = {
+# The parts of the talking_heads config block each rule passes on.
+WEIGHTS_SETTINGS = {
     "fold_ln": True,
     "heads": {"mover_head": None, "inhibition_heads": None, "n_inhibition_heads": 2, "kind": "q"},
+}
+LAUNDRY_SETTINGS = {
     "laundry_list": {"n_min": 3, "n_max": 6, "prompts_per_n": 6, "seed": 0, "batch_size": 8},
     "interventions": {
         "enabled": True,
@@ -392,13 +424,19 @@ def test_module_end_to_end_on_a_tiny_gpt2(tmp_path):
 
     tokenizer = laundry_tokenizer()
     model = tiny_gpt2(tokenizer, n_layers=3, seed=7)
-    weights = th.weights_analysis(model, SETTINGS, "tiny")
+    weights = weights_analysis(model, "tiny", **WEIGHTS_SETTINGS)
     assert weights.attrs["heads_automatic"] == ["mover", "inhibition"]
     assert weights.attrs["mover_head"].startswith("2.")
-    th.write_dataset(weights, tmp_path / "weights.zarr")
+    write_dataset_atomic(weights, tmp_path / "weights.zarr", text_as_object=True)
     weights = xr.open_zarr(tmp_path / "weights.zarr").load()
-    result = th.laundry_list_analysis(
-        model, tokenizer, weights, SETTINGS, model_name="tiny", add_bos=False, max_tokens=256
+    result = laundry_list_analysis(
+        model,
+        tokenizer,
+        weights,
+        **LAUNDRY_SETTINGS,
+        model_name="tiny",
+        add_bos=False,
+        max_tokens=256,
     )
     assert not result.attrs["skipped"]
     assert list(result["n_items"].values) == [3, 4, 5, 6]
@@ -410,11 +448,11 @@ def test_module_end_to_end_on_a_tiny_gpt2(tmp_path):
     )
     assert result["grid_attended_index"].shape == (2, 27)
     assert result["grid_attended_index"].values.max() < 3
-    th.write_dataset(result, tmp_path / "laundry.zarr")
+    write_dataset_atomic(result, tmp_path / "laundry.zarr", text_as_object=True)
     result = xr.open_zarr(tmp_path / "laundry.zarr").load()
-    outputs = th.write_figures(weights, result, tmp_path / "fig", ["png"], dpi=50, model="tiny")
+    outputs = write_figures(weights, result, tmp_path / "fig", ["png"], dpi=50, model="tiny")
     assert all(Path(p).stat().st_size > 0 for p in outputs.values())
-    th.write_section(
+    write_section(
         tmp_path / "section.json",
         models=["tiny"],
         weights=[weights],
@@ -436,14 +474,20 @@ def test_module_end_to_end_on_a_tiny_gpt2(tmp_path):
 def test_laundry_list_is_skipped_on_a_tokenizer_without_the_objects(tmp_path, caplog):
     tokenizer = make_tokenizer("causal")  # the shared tiny vocabulary: no object words
     model = tiny_gpt2(tokenizer, n_layers=2)
-    weights = th.weights_analysis(model, SETTINGS, "residues")
-    result = th.laundry_list_analysis(
-        model, tokenizer, weights, SETTINGS, model_name="residues", add_bos=False, max_tokens=64
+    weights = weights_analysis(model, "residues", **WEIGHTS_SETTINGS)
+    result = laundry_list_analysis(
+        model,
+        tokenizer,
+        weights,
+        **LAUNDRY_SETTINGS,
+        model_name="residues",
+        add_bos=False,
+        max_tokens=64,
     )
     assert result.attrs["skipped"] and "unknown to the tokenizer" in result.attrs["reason"]
     assert "unknown to the tokenizer" in caplog.text
-    outputs = th.write_figures(weights, result, tmp_path, ["png"], dpi=50, model="residues")
-    th.write_section(
+    outputs = write_figures(weights, result, tmp_path, ["png"], dpi=50, model="residues")
+    write_section(
         tmp_path / "s.json",
         models=["residues"],
         weights=[weights],
@@ -464,7 +508,7 @@ def test_non_gpt2_model_is_refused_with_the_key():
     from tiny_models import make_config
 
     model = AutoModelForCausalLM.from_config(make_config("llama", vocab_size=50))
-    with pytest.raises(th.TalkingHeadsError, match=r"model_type 'gpt2'\), this one is 'llama'"):
-        th.head_weights(model)
-    with pytest.raises(th.TalkingHeadsError, match=r"talking_heads.models\[0\]"):
-        th.check_gpt2(model.config, "talking_heads.models[0]")
+    with pytest.raises(TalkingHeadsError, match=r"model_type 'gpt2'\), this one is 'llama'"):
+        head_weights(model)
+    with pytest.raises(TalkingHeadsError, match=r"talking_heads.models\[0\]"):
+        check_gpt2(model.config, "talking_heads.models[0]")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from residual_dynamics.analysis.cluster import dask_client
 from residual_dynamics.analysis.transitions import (
     correlation_histograms,
-    dask_client,
     transition_kind,
     transition_statistics,
 )
@@ -63,7 +63,7 @@ def test_statistics_equal_plain_numpy(small_store):
 def test_same_numbers_on_a_local_dask_cluster(small_store):
     path, _ = small_store
     plain = transition_statistics(path, block_rows=8)
-    with dask_client(threads=2, memory_limit="1GiB"):
+    with dask_client({}, threads=2, memory_limit="1GiB"):
         clustered = transition_statistics(path, block_rows=8)
     np.testing.assert_allclose(clustered["r"].values, plain["r"].values, equal_nan=True)
     np.testing.assert_array_equal(clustered["velocity"].values, plain["velocity"].values)

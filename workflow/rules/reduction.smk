@@ -20,8 +20,8 @@ rule pca:
     params:
         sublayers=config["analysis"]["sublayers"],
         settings=config["pca"],
-        dask=config["statistics"],
-        cluster=config["dask"],
+        statistics=config["statistics"],
+        dask=config["dask"],
     script:
         "../scripts/pca.py"
 

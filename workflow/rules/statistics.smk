@@ -36,8 +36,8 @@ rule transition_statistics:
         mem_mb=8000,
     params:
         sublayers=config["analysis"]["sublayers"],
-        dask=config["statistics"],
-        cluster=config["dask"],
+        statistics=config["statistics"],
+        dask=config["dask"],
     script:
         "../scripts/transition_statistics.py"
 

@@ -1,20 +1,15 @@
 """Rule pca: global PCA of a store over all samples and sublayers (Figure 4A-4C), out of core."""
 
+from residual_dynamics.analysis.cluster import job_client
 from residual_dynamics.analysis.pca import pca_fit
-from residual_dynamics.analysis.transitions import dask_client
 from residual_dynamics.io.atomic import write_dataset_atomic
 from residual_dynamics.io.logs import setup_logging
 
 
 def main(sm) -> None:
     setup_logging(sm.log[0])
-    settings, dask_settings = sm.params.settings, sm.params.dask
-    with dask_client(
-        threads=sm.threads,
-        address=dask_settings["scheduler_address"],
-        memory_limit=dask_settings["memory_limit"],
-        settings=sm.params.cluster,
-    ):
+    settings = sm.params.settings
+    with job_client(sm.threads, statistics=sm.params.statistics, dask=sm.params.dask):
         pca = pca_fit(
             sm.input.store,
             sublayers=sm.params.sublayers,

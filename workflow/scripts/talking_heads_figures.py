@@ -5,7 +5,7 @@ from pathlib import Path
 import xarray as xr
 
 from residual_dynamics.io.logs import setup_logging
-from residual_dynamics.studies.talking_heads.analysis import write_figures
+from residual_dynamics.studies.talking_heads.figures import write_figures
 
 setup_logging(snakemake.log[0])
 write_figures(

@@ -11,31 +11,29 @@ from residual_dynamics.inputs.models import context_window, load_model
 from residual_dynamics.io.atomic import write_dataset_atomic
 from residual_dynamics.io.logs import setup_logging
 from residual_dynamics.recording.extract import resolve_add_bos
-from residual_dynamics.studies.talking_heads.analysis import (
-    check_gpt2,
-    laundry_list_analysis,
-    skipped_dataset,
-)
+from residual_dynamics.studies.talking_heads.laundry import laundry_list_analysis, skipped_dataset
+from residual_dynamics.studies.talking_heads.weights import check_gpt2
 
 setup_logging(snakemake.log[0])
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(snakemake.threads)
 
 name = snakemake.wildcards.model
-settings = snakemake.params.settings
+laundry_list = snakemake.params.laundry_list
 weights = xr.open_zarr(snakemake.input.weights).load()
-if not settings["laundry_list"]["enabled"]:
+if not laundry_list["enabled"]:
     reason = "talking_heads.laundry_list.enabled is false"
     logging.getLogger(__name__).info("Laundry List skipped: %s", reason)
     result = skipped_dataset(name, reason)
 else:
-    loaded = load_model(name, snakemake.params.spec, device=settings["device"], with_head=True)
-    check_gpt2(loaded.model.config, snakemake.params.key)
+    loaded = load_model(name, snakemake.params.spec, device=snakemake.params.device, with_head=True)
+    check_gpt2(loaded.model.config, snakemake.params.config_key)
     result = laundry_list_analysis(
         loaded.model,
         loaded.tokenizer,
         weights,
-        settings,
+        laundry_list=laundry_list,
+        interventions=snakemake.params.interventions,
         model_name=name,
         add_bos=resolve_add_bos(loaded.tokenizer, snakemake.params.spec.get("add_bos", "auto")),
         max_tokens=context_window(loaded.model, loaded.tokenizer),

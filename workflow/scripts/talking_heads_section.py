@@ -5,19 +5,18 @@ from pathlib import Path
 import xarray as xr
 
 from residual_dynamics.io.logs import setup_logging
-from residual_dynamics.studies.talking_heads.analysis import FIGURES, write_section
+from residual_dynamics.studies.talking_heads.figures import FIGURES
+from residual_dynamics.studies.talking_heads.section import write_section
 
 setup_logging(snakemake.log[0])
 models = list(snakemake.params.models)
-figures = list(snakemake.input.figures)  # ordered by figure, then by model (the rule's expand)
+# One named input per figure kind, each listing that figure for every model in the models' order.
+figures = {name: list(getattr(snakemake.input, name)) for name in FIGURES}
 write_section(
     snakemake.output.manifest,
     models=models,
     weights=[xr.open_zarr(p).load() for p in snakemake.input.weights],
-    results=[xr.open_zarr(p).load() for p in snakemake.input.laundry],
-    figures=[
-        {name: Path(figures[f * len(models) + i]) for f, name in enumerate(FIGURES)}
-        for i in range(len(models))
-    ],
+    results=[xr.open_zarr(p).load() for p in snakemake.input.laundry_list],
+    figures=[{name: Path(paths[i]) for name, paths in figures.items()} for i in range(len(models))],
     n_outliers=snakemake.params.n_outliers,
 )

@@ -68,6 +68,18 @@ def check_config(config: dict) -> list[str]:
     return problems
 
 
+def job_client(threads: int, statistics: dict, dask: dict):
+    """The Dask client of one analysis job: the config's ``dask`` section chooses the cluster,
+    its ``statistics`` section the scheduler address and the local worker's memory limit, the
+    rule's ``threads`` the local worker's size."""
+    return dask_client(
+        dask,
+        threads=threads,
+        memory_limit=statistics["memory_limit"],
+        address=statistics["scheduler_address"],
+    )
+
+
 def slurm_cluster_kwargs(slurm: dict) -> dict:
     """SLURMCluster arguments from ``dask.slurm`` (defaults from the schema filled in)."""
     kwargs = {

@@ -24,20 +24,6 @@ from residual_dynamics.io.store import open_store
 log = logging.getLogger(__name__)
 
 
-def dask_client(
-    threads: int = 1,
-    address: str | None = None,
-    memory_limit: str = "auto",
-    settings: dict | None = None,
-):
-    """A Dask client: an existing scheduler when ``address`` is given, else a LocalCluster sized
-    from the rule's threads (one worker process, so its memory limit is enforced by the nanny),
-    or what the config's ``dask`` section (``settings``) chooses; see residual_dynamics.cluster."""
-    from residual_dynamics.analysis.cluster import dask_client as cluster_client
-
-    return cluster_client(settings, threads=threads, memory_limit=memory_limit, address=address)
-
-
 def transition_kind(names: list[str]) -> list[str]:
     """'within' for attn_l -> mlp_l, 'cross' for mlp_l -> attn_{l+1} (and anything -> final)."""
     kinds = []

@@ -40,7 +40,7 @@ from residual_dynamics.io.store import (
     package_versions,
     temporary_path,
 )
-from residual_dynamics.recording.hooks import ResidualRecorder, architecture_for
+from residual_dynamics.recording.hooks import ResidualRecorder, architecture_attrs
 from residual_dynamics.recording.placement import choose_device_map
 
 log = logging.getLogger(__name__)
@@ -496,17 +496,6 @@ def pad_token_id(tokenizer) -> int:
         if candidate is not None:
             return int(candidate)
     return 0
-
-
-def architecture_attrs(model) -> dict:
-    arch = architecture_for(model.config)
-    return {
-        "architecture": model.config.model_type,
-        "norm": arch.norm,
-        "architecture_note": arch.note,
-        "n_layers": int(model.config.num_hidden_layers),
-        "d_model": int(model.config.hidden_size),
-    }
 
 
 def record_activations(

@@ -214,3 +214,15 @@ class ResidualRecorder:
         stacked = torch.stack(captured, dim=1)  # type: ignore[arg-type]
         self._captured = [None] * len(self.names)
         return stacked
+
+
+def architecture_attrs(model) -> dict:
+    """What a store records of the model's architecture (its attributes)."""
+    arch = architecture_for(model.config)
+    return {
+        "architecture": model.config.model_type,
+        "norm": arch.norm,
+        "architecture_note": arch.note,
+        "n_layers": int(model.config.num_hidden_layers),
+        "d_model": int(model.config.hidden_size),
+    }

@@ -1,9 +1,9 @@
 # Talking Heads (related-analyses B, Merullo, Eickhoff & Pavlick arXiv 2406.09519): weights-only
 # composition between heads and the SVD components of each OV, then the Laundry List task and
 # interventions on the mover head. GPT-2-style models only. Switched on with talking_heads.enabled.
-# Its config checks run in validate_config (studies/talking_heads/config.py).
-from residual_dynamics.studies.talking_heads import analysis as _talking_heads
-
+# Its config checks run in validate_config (studies/talking_heads/config.py); its code is in
+# workflow/residual_dynamics/studies/talking_heads/ (one module per rule: weights, laundry,
+# figures, section).
 TALKING_HEADS = config["talking_heads"]
 TALKING_HEADS_MODELS = TALKING_HEADS["models"] if TALKING_HEADS["enabled"] else []
 TALKING_HEADS_DIR = f"{RESULTS}/talking_heads"
@@ -28,8 +28,9 @@ rule talking_heads_weights:
         mem_mb=4000,
     params:
         spec=model_spec,
-        key=lambda w: model_key(config, "talking_heads", w.model),
-        settings=TALKING_HEADS,
+        config_key=lambda w: model_key(config, "talking_heads", w.model),
+        fold_ln=TALKING_HEADS["fold_ln"],
+        heads=TALKING_HEADS["heads"],
     script:
         "../../scripts/talking_heads_weights.py"
 
@@ -53,8 +54,10 @@ rule talking_heads_laundry_list:
         mem_mb=4000,
     params:
         spec=model_spec,
-        key=lambda w: model_key(config, "talking_heads", w.model),
-        settings=TALKING_HEADS,
+        config_key=lambda w: model_key(config, "talking_heads", w.model),
+        device=TALKING_HEADS["device"],
+        laundry_list=TALKING_HEADS["laundry_list"],
+        interventions=TALKING_HEADS["interventions"],
     script:
         "../../scripts/talking_heads_laundry_list.py"
 
@@ -120,16 +123,23 @@ rule talking_heads_section:
         weights=expand(
             rules.talking_heads_weights.output.weights, model=TALKING_HEADS_MODELS
         ),
-        laundry=expand(
+        laundry_list=expand(
             rules.talking_heads_laundry_list.output.laundry, model=TALKING_HEADS_MODELS
         ),
-        figures=[
-            expand(
-                getattr(rules.talking_heads_figures.output, name),
-                model=TALKING_HEADS_MODELS,
-            )
-            for name in _talking_heads.FIGURES
-        ],
+        composition=expand(
+            rules.talking_heads_figures.output.composition, model=TALKING_HEADS_MODELS
+        ),
+        components=expand(
+            rules.talking_heads_figures.output.components, model=TALKING_HEADS_MODELS
+        ),
+        laundry=expand(
+            rules.talking_heads_figures.output.laundry, model=TALKING_HEADS_MODELS
+        ),
+        interventions=expand(
+            rules.talking_heads_figures.output.interventions,
+            model=TALKING_HEADS_MODELS,
+        ),
+        grid=expand(rules.talking_heads_figures.output.grid, model=TALKING_HEADS_MODELS),
     output:
         manifest=f"{TALKING_HEADS_DIR}/section.json",
     log:
