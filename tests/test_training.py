@@ -12,7 +12,6 @@ import torch
 
 from residual_dynamics.config.schema import ConfigError
 from residual_dynamics.config.validate import validate_config
-from residual_dynamics.inputs import models
 from residual_dynamics.inputs.models import ModelLoadError, load_model
 from residual_dynamics.inputs.training import (
     TrainingError,
@@ -119,11 +118,12 @@ def test_untrained_twin_is_only_built_with_the_same_tokenizer(tmp_path):
 
 def test_trained_model_loads_by_name_through_load_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    spec = {"train": TINY}
+    with pytest.raises(ModelLoadError, match=r"spec\['trained_dir'\]"):
+        load_model("affine_gpt", {"train": TINY}, device="cpu")
+    out = Path("results") / "models" / "affine_gpt"  # as the rules pass it: relative to the run
+    spec = {"train": TINY, "trained_dir": str(out)}
     with pytest.raises(ModelLoadError, match="run the workflow's train_model rule"):
         load_model("affine_gpt", spec, device="cpu")
-    out = models.trained_model_dir("affine_gpt")
-    assert out == tmp_path.joinpath("results", "models", "affine_gpt").relative_to(tmp_path)
     train_model("affine_gpt", spec, TASK, None, out, None, progress=False)
     loaded = load_model("affine_gpt", spec, device="cpu", with_head=True)
     assert loaded.model.config.model_type == "gpt2" and loaded.source.startswith("train:")

@@ -43,15 +43,26 @@ def dataset_spec(wildcards):
     return config["datasets"][wildcards.dataset]
 
 
-def model_spec(wildcards):
-    return config["models"][wildcards.model]
+def trained_model_dir(model):
+    """Where train_model saves a `train:` model: the one place the workflow names it."""
+    return f"{RESULTS}/models/{model}"
 
 
 def model_files(wildcards):
     """A `train:` model's saved directory (its config.json marks it complete); [] otherwise."""
     if "train" in config["models"][wildcards.model]:
-        return [f"{RESULTS}/models/{wildcards.model}/config.json"]
+        return [f"{trained_model_dir(wildcards.model)}/config.json"]
     return []
+
+
+def model_spec(wildcards):
+    """The model's config entry; a `train:` model's also names the directory its rule's input
+    (model_files) is in, as `trained_dir`, so the library never rebuilds results paths.
+    """
+    spec = config["models"][wildcards.model]
+    if "train" in spec:
+        return {**spec, "trained_dir": trained_model_dir(wildcards.model)}
+    return spec
 
 
 def training_data(wildcards):

