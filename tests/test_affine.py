@@ -14,7 +14,8 @@ from residual_dynamics.inputs.tasks import AffineTask, task_tokenizer
 from residual_dynamics.inputs.training import TrainSettings, build_model, train_model
 from residual_dynamics.studies.affine import analysis as affine
 from residual_dynamics.studies.affine import config as affine_config
-from residual_dynamics.studies.affine import section as affine_report
+from residual_dynamics.studies.affine.figures import FIGURES, write_figures
+from residual_dynamics.studies.affine.section import section_content
 
 TASK = AffineTask.from_spec({"kind": "integer", "modulus": 13, "length": 8})
 
@@ -223,12 +224,9 @@ def test_whole_study_on_a_briefly_trained_model(tmp_path):
     untrained, _ = tiny_gpt2()
     results = {"m": result, "twin": affine.analyse_model(untrained, tok, x)}
     results = json.loads(json.dumps(results))  # as the section rule reads them back
-    paths = {
-        k: [tmp_path / f"{k}.png"]
-        for k in ("accuracy", "offsets", "lens", "similarity", "ablation")
-    }
-    affine_report.figures(results, paths, dpi=40)
-    content = affine_report.section(results, {k: v[0] for k, v in paths.items()})
+    paths = {k: [tmp_path / f"{k}.png"] for k in FIGURES}
+    write_figures(results, paths, dpi=40)
+    content = section_content(results, {k: v[0] for k, v in paths.items()})
     assert all(p[0].stat().st_size > 0 for p in paths.values())
     assert {"layer0_copying_holds", "negative_similarity_holds"} <= set(content["verdicts"])
     assert any("Claim 1" in n for n in content["notes"])

@@ -24,7 +24,8 @@ from residual_dynamics.inputs.models import load_model
 from residual_dynamics.recording.extract import Extractor
 from residual_dynamics.studies.embedding_space import concepts as cs
 from residual_dynamics.studies.embedding_space import config as es_config
-from residual_dynamics.studies.embedding_space import walk as es
+from residual_dynamics.studies.embedding_space.arrays import read_arrays, write_arrays
+from residual_dynamics.studies.embedding_space.figures import write_figures
 from residual_dynamics.studies.embedding_space.lens import (
     EmbeddingSpaceError,
     check_model,
@@ -36,6 +37,13 @@ from residual_dynamics.studies.embedding_space.lens import (
     sequence_nll,
     spearman_rows,
     uniform_attention,
+)
+from residual_dynamics.studies.embedding_space.section import section_manifest
+from residual_dynamics.studies.embedding_space.summary import rank_falls, summarise
+from residual_dynamics.studies.embedding_space.walk import (
+    encoding_walk,
+    store_walk,
+    sublayer_deltas,
 )
 from tiny_models import WORDS, make_tokenizer, save_tiny_model
 
@@ -194,15 +202,13 @@ def test_rank_falls_with_depth_in_a_trained_model(tmp_path):
     resid = Extractor(model.base_model, pad_id=0).run_batch(seqs, [[-1]] * len(seqs)).numpy()
     walk = {
         k: (("sample", "layer") if np.ndim(v) == 2 else ("sample",), v)
-        for k, v in es.encoding_walk(resid, attrs["sublayers"]).items()
+        for k, v in encoding_walk(resid, attrs["sublayers"]).items()
     }
-    es.write_arrays(tmp_path / "lens.zarr", arrays, attrs)
-    es.write_arrays(tmp_path / "walk.zarr", walk, {})
-    summary = es.summarise(
-        es.read_arrays(tmp_path / "lens.zarr"), es.read_arrays(tmp_path / "walk.zarr")
-    )
+    write_arrays(tmp_path / "lens.zarr", arrays, attrs)
+    write_arrays(tmp_path / "walk.zarr", walk, {})
+    summary = summarise(read_arrays(tmp_path / "lens.zarr"), read_arrays(tmp_path / "walk.zarr"))
     assert summary["median_rank_first"] == median[0] and summary["median_rank_last"] == median[-1]
-    assert es.rank_falls(summary)
+    assert rank_falls(summary)
 
 
 def test_spearman_rows_equals_scipy():
@@ -262,7 +268,7 @@ def test_steps_are_the_modules_outputs_and_add_up(models, family):
             handle.remove()
     recorder = Extractor(model.base_model, pad_id=0, include_final=True)
     resid = recorder.run_batch([seq], [list(range(len(seq)))]).numpy()
-    attn_delta, mlp_delta = es.sublayer_deltas(resid, recorder.sublayers)
+    attn_delta, mlp_delta = sublayer_deltas(resid, recorder.sublayers)
     for layer in range(len(blocks)):
         np.testing.assert_allclose(attn_delta[:, layer], captured["attn"][layer][0], atol=1e-5)
         np.testing.assert_allclose(mlp_delta[:, layer], captured["mlp"][layer][0], atol=1e-5)
@@ -271,7 +277,7 @@ def test_steps_are_the_modules_outputs_and_add_up(models, family):
     np.testing.assert_allclose(resid[:, 0], r0, atol=1e-6)
     rebuilt = r0 + attn_delta.sum(1) + mlp_delta.sum(1)
     np.testing.assert_allclose(rebuilt, resid[:, -1], atol=1e-5)
-    walk = es.encoding_walk(resid, recorder.sublayers)
+    walk = encoding_walk(resid, recorder.sublayers)
     np.testing.assert_allclose(
         walk["displacement"], np.linalg.norm(resid[:, -1] - r0, axis=-1), rtol=1e-6
     )
@@ -282,13 +288,13 @@ def test_walk_on_a_planted_path():
     # Two layers in 2-D: steps (3,0), (0,4), (-3,0), (0,-4) return to the start.
     points = np.array([[0, 0], [3, 0], [3, 4], [0, 4], [0, 0]], float)[None]
     names = ["attn0", "mlp0", "attn1", "mlp1", "final"]
-    walk = es.encoding_walk(points, names)
+    walk = encoding_walk(points, names)
     assert walk["path_length"][0] == pytest.approx(14.0)
     assert walk["displacement"][0] == pytest.approx(0.0)
     np.testing.assert_allclose(walk["attn_delta_norm"][0], [3, 3])
     np.testing.assert_allclose(walk["mlp_delta_norm"][0], [4, 4])
     # Without the final row the last MLP step is unknown: NaN, and left out of path/displacement.
-    walk = es.encoding_walk(points[:, :4], names[:4])
+    walk = encoding_walk(points[:, :4], names[:4])
     assert np.isnan(walk["mlp_delta_norm"][0, 1])
     assert walk["path_length"][0] == pytest.approx(10.0)
     assert walk["displacement"][0] == pytest.approx(4.0)  # |mlp1 - attn0| = |(0, 4)|
@@ -305,13 +311,13 @@ def test_store_walk_equals_walk_of_the_array(tmp_path):
     group["resid"][:] = resid
     group["token_position"][:] = np.arange(13)
     finalise(tmp, tmp_path / "s.zarr")
-    arrays, attrs = es.store_walk(tmp_path / "s.zarr")
-    expected = es.encoding_walk(resid, names)
+    arrays, attrs = store_walk(tmp_path / "s.zarr")
+    expected = encoding_walk(resid, names)
     for name, value in expected.items():
         np.testing.assert_allclose(arrays[name][1], value, rtol=1e-6)
     assert attrs["n_samples"] == 13 and attrs["has_final"]
-    es.write_arrays(tmp_path / "walk.zarr", arrays, attrs)
-    back = es.read_arrays(tmp_path / "walk.zarr")
+    write_arrays(tmp_path / "walk.zarr", arrays, attrs)
+    back = read_arrays(tmp_path / "walk.zarr")
     np.testing.assert_allclose(back["path_length"].values, expected["path_length"])
     assert back.attrs["n_layers"] == 2
 
@@ -414,11 +420,11 @@ def _validate_with_this_fragment(config: dict) -> tuple[dict, list]:
 
     import yaml
 
-    from residual_dynamics.config.schema import load_schema
+    from residual_dynamics.config.schema import MODULE_SCHEMAS, SCHEMA_PATH
     from residual_dynamics.config.validate import _Filling
 
-    schema = yaml.safe_load(Path(load_schema.__globals__["SCHEMA_PATH"]).read_text())
-    fragment = Path(es.__file__).parents[1] / "schemas" / "modules" / "embedding_space.yaml"
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    fragment = MODULE_SCHEMAS / "embedding_space.yaml"
     schema["properties"].update(yaml.safe_load(fragment.read_text())["properties"])
     filled = copy.deepcopy(config)
     return filled, list(_Filling(schema).iter_errors(filled))
@@ -527,19 +533,19 @@ def test_figures_and_section(models, tmp_path):
     model, tok = models["gpt2"].model, make_tokenizer("causal")
     arrays, attrs = lens_run(model, tok, _seqs(), max_positions_per_text=4)
     assert attrs["tied_embeddings"]  # GPT-2 ties W_U to W_E
-    es.write_arrays(tmp_path / "lens.zarr", arrays, {**attrs, "model": "m", "dataset": "d"})
+    write_arrays(tmp_path / "lens.zarr", arrays, {**attrs, "model": "m", "dataset": "d"})
     resid = Extractor(model.base_model, pad_id=0).run_batch(_seqs(), [[-1]] * 4)
     walk_arrays = {
         k: (("sample", "layer") if np.ndim(v) == 2 else ("sample",), v)
-        for k, v in es.encoding_walk(resid.numpy(), attrs["sublayers"]).items()
+        for k, v in encoding_walk(resid.numpy(), attrs["sublayers"]).items()
     }
-    es.write_arrays(tmp_path / "walk.zarr", walk_arrays, {"n_samples": 4, "positions": "last"})
-    lens, walk = es.read_arrays(tmp_path / "lens.zarr"), es.read_arrays(tmp_path / "walk.zarr")
+    write_arrays(tmp_path / "walk.zarr", walk_arrays, {"n_samples": 4, "positions": "last"})
+    lens, walk = read_arrays(tmp_path / "lens.zarr"), read_arrays(tmp_path / "walk.zarr")
     outputs = {k: tmp_path / f"{k}.png" for k in ("rank", "proximity", "walk")}
-    es.write_figures(lens, walk, outputs, label="m on d", formats=["png"], dpi=50)
+    write_figures(lens, walk, outputs, label="m on d", formats=["png"], dpi=50)
     assert all(p.stat().st_size > 1000 for p in outputs.values())
-    summary = es.summarise(lens, walk)
-    assert not es.rank_falls(summary)  # an untrained model: no falling rank
+    summary = summarise(lens, walk)
+    assert not rank_falls(summary)  # an untrained model: no falling rank
     assert summary["n_rows"] == attrs["n_rows"]
     assert summary["median_rank_last"] == float(np.median(arrays["true_rank"][1][:, -1]))
     concept = {
@@ -548,7 +554,7 @@ def test_figures_and_section(models, tmp_path):
         "accuracy": {"mean": 0.25, "position_weighted": 0.5, "last": 0.125},
         "baseline": {"ll_per_char": 0.375, "ll_sum": 0.25, "ll_per_token": 0.25},
     }
-    es.section_manifest(
+    section_manifest(
         tmp_path / "section.json",
         pairs=[("m", "d")],
         summaries=[summary],

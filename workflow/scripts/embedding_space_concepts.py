@@ -1,11 +1,10 @@
 """Rule embedding_space_concepts: the HellaSwag concept-similarity test of one model."""
 
-import json
 import os
 
 import torch
 
-from residual_dynamics.io.atomic import write_text_atomic
+from residual_dynamics.io.atomic import write_json
 from residual_dynamics.io.logs import setup_logging
 from residual_dynamics.studies.embedding_space.concepts import run_concept_similarity
 
@@ -16,8 +15,8 @@ torch.set_num_threads(snakemake.threads)
 result = run_concept_similarity(
     model_name=snakemake.wildcards.model,
     model_spec=snakemake.params.spec,
-    key=snakemake.params.key,
-    settings=snakemake.params.settings,
+    key=snakemake.params.config_key,
+    settings=snakemake.params.concept_settings,
     device=snakemake.params.device,
 )
-write_text_atomic(snakemake.output.json, json.dumps(result, indent=1))
+write_json(snakemake.output.json, result)

@@ -1,7 +1,8 @@
 """Rule embedding_space_figures: true-token rank, proximity and walk figures of one recording."""
 
 from residual_dynamics.io.logs import setup_logging
-from residual_dynamics.studies.embedding_space.walk import read_arrays, write_figures
+from residual_dynamics.studies.embedding_space.arrays import read_arrays
+from residual_dynamics.studies.embedding_space.figures import write_figures
 
 setup_logging(snakemake.log[0])
 write_figures(

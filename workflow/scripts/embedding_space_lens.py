@@ -6,8 +6,8 @@ import os
 import torch
 
 from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.studies.embedding_space.arrays import write_arrays
 from residual_dynamics.studies.embedding_space.lens import record_lens
-from residual_dynamics.studies.embedding_space.walk import write_arrays
 
 setup_logging(snakemake.log[0])
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -16,9 +16,9 @@ torch.set_num_threads(snakemake.threads)
 arrays, attrs = record_lens(
     model_name=snakemake.wildcards.model,
     model_spec=snakemake.params.spec,
-    key=snakemake.params.key,
+    key=snakemake.params.config_key,
     dataset_name=snakemake.wildcards.dataset,
     dataset_path=snakemake.input.dataset,
-    settings=snakemake.params.settings,
+    settings=snakemake.params.lens_settings,
 )
 write_arrays(snakemake.output.lens, arrays, attrs)

@@ -2,7 +2,8 @@
 displacement) of every row of an activation store."""
 
 from residual_dynamics.io.logs import setup_logging
-from residual_dynamics.studies.embedding_space.walk import store_walk, write_arrays
+from residual_dynamics.studies.embedding_space.arrays import write_arrays
+from residual_dynamics.studies.embedding_space.walk import store_walk
 
 setup_logging(snakemake.log[0])
 arrays, attrs = store_walk(snakemake.input.store)

@@ -1,12 +1,12 @@
 # Affine recurrences in a small GPT (Bhargav & Gu, arXiv 2410.17438): copying in layer 0 and
 # negative-similarity heads in the last layer, measured on held-out (a, b). Switched on with
 # affine.enabled; adds one report section.
-# Its config checks run in validate_config (studies/affine/config.py).
-AFFINE = config["affine"]
-AFFINE_MODELS = AFFINE["models"] if AFFINE["enabled"] else []
+# Its config checks run in validate_config (studies/affine/config.py); its code is in
+# workflow/residual_dynamics/studies/affine/ (analysis, verdicts, figures, section).
+from residual_dynamics.studies.affine.figures import FIGURES as AFFINE_FIGURES
 
+AFFINE = config["affine"]
 AFFINE_DIR = f"{RESULTS}/affine"
-AFFINE_FIGURES = ["accuracy", "offsets", "lens", "similarity", "ablation"]
 
 
 rule affine_analysis:
@@ -28,8 +28,11 @@ rule affine_analysis:
         mem_mb=4000,
     params:
         spec=model_spec,
-        settings=AFFINE,
+        dataset=AFFINE["dataset"],
         task=lambda w: config["datasets"][AFFINE["dataset"]]["task"],
+        n_sequences=AFFINE["n_sequences"],
+        min_position=AFFINE["min_position"],
+        device=AFFINE["device"],
     script:
         "../../scripts/affine_analysis.py"
 
@@ -37,7 +40,7 @@ rule affine_analysis:
 rule affine_section:
     """The module's figures and report section (verdicts on the paper's two claims)."""
     input:
-        analyses=expand(f"{AFFINE_DIR}/{{model}}/analysis.json", model=AFFINE_MODELS),
+        analyses=expand(rules.affine_analysis.output.analysis, model=AFFINE["models"]),
     output:
         **{
             key: report(
@@ -49,6 +52,7 @@ rule affine_section:
             for key in AFFINE_FIGURES
         },
         manifest=f"{AFFINE_DIR}/section.json",
+        verdicts=f"{AFFINE_DIR}/verdicts.json",
     log:
         f"{RESULTS}/logs/affine_section.log",
     conda:
@@ -58,7 +62,6 @@ rule affine_section:
         mem_mb=2000,
     params:
         models=AFFINE["models"],
-        figures=AFFINE_FIGURES,
         formats=config["figures"]["formats"],
         dpi=config["figures"]["dpi"],
     script:

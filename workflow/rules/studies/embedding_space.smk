@@ -2,7 +2,9 @@
 # and proximity to token embeddings per sublayer (the model run again over a sample of texts),
 # the encoding walk (read from the activation stores), the uniform-attention ablation and the
 # HellaSwag concept-similarity test. Switched on with embedding_space.enabled.
-# Its config checks run in validate_config (studies/embedding_space/config.py).
+# Its config checks run in validate_config (studies/embedding_space/config.py); its code is in
+# workflow/residual_dynamics/studies/embedding_space/ (lens, walk, arrays, concepts, summary,
+# figures, section).
 from residual_dynamics.studies.embedding_space import config as _embedding_space
 
 EMBEDDING_SPACE = config["embedding_space"]
@@ -11,10 +13,6 @@ EMBEDDING_SPACE_PAIRS = (
 )
 EMBEDDING_SPACE_DIR = f"{RESULTS}/embedding_space"
 EMBEDDING_SPACE_FIGURES = f"{RESULTS}/figures/{{model}}/{{dataset}}/embedding_space"
-
-
-EMBEDDING_SPACE_MODELS = [m for m, _ in EMBEDDING_SPACE_PAIRS]
-EMBEDDING_SPACE_DATASETS = [d for _, d in EMBEDDING_SPACE_PAIRS]
 
 
 rule embedding_space_lens:
@@ -35,8 +33,20 @@ rule embedding_space_lens:
         mem_mb=4000,
     params:
         spec=model_spec,
-        key=lambda w: model_key(config, "embedding_space", w.model),
-        settings={k: v for k, v in EMBEDDING_SPACE.items() if k != "concept_similarity"},
+        config_key=lambda w: model_key(config, "embedding_space", w.model),
+        lens_settings={
+            key: EMBEDDING_SPACE[key]
+            for key in (
+                "n_texts",
+                "seed",
+                "device",
+                "positions",
+                "max_positions_per_text",
+                "spearman_positions",
+                "batch_size",
+                "uniform_attention",
+            )
+        },
     script:
         "../../scripts/embedding_space_lens.py"
 
@@ -119,8 +129,8 @@ rule embedding_space_concepts:
         mem_mb=4000,
     params:
         spec=model_spec,
-        key=lambda w: model_key(config, "embedding_space", w.model),
-        settings=EMBEDDING_SPACE["concept_similarity"],
+        config_key=lambda w: model_key(config, "embedding_space", w.model),
+        concept_settings=EMBEDDING_SPACE["concept_similarity"],
         device=EMBEDDING_SPACE["device"],
     script:
         "../../scripts/embedding_space_concepts.py"
@@ -129,36 +139,21 @@ rule embedding_space_concepts:
 rule embedding_space_section:
     """The module's report section: tables, figures and captions with the reference's numbers."""
     input:
-        lens=expand(
-            rules.embedding_space_lens.output.lens,
-            zip,
-            model=EMBEDDING_SPACE_MODELS,
-            dataset=EMBEDDING_SPACE_DATASETS,
-        ),
-        walk=expand(
-            rules.embedding_space_walk.output.walk,
-            zip,
-            model=EMBEDDING_SPACE_MODELS,
-            dataset=EMBEDDING_SPACE_DATASETS,
-        ),
-        rank_png=expand(
-            rules.embedding_space_figures.output.rank,
-            zip,
-            model=EMBEDDING_SPACE_MODELS,
-            dataset=EMBEDDING_SPACE_DATASETS,
-        ),
-        proximity_png=expand(
-            rules.embedding_space_figures.output.proximity,
-            zip,
-            model=EMBEDDING_SPACE_MODELS,
-            dataset=EMBEDDING_SPACE_DATASETS,
-        ),
-        walk_png=expand(
-            rules.embedding_space_figures.output.walk,
-            zip,
-            model=EMBEDDING_SPACE_MODELS,
-            dataset=EMBEDDING_SPACE_DATASETS,
-        ),
+        # Each recording's results and figures, named <what>--<model>--<dataset>: the section
+        # script looks them up by these names.
+        **{
+            f"{what}--{model}--{dataset}": expand(
+                pattern, model=model, dataset=dataset
+            )[0]
+            for model, dataset in EMBEDDING_SPACE_PAIRS
+            for what, pattern in (
+                ("lens", rules.embedding_space_lens.output.lens),
+                ("walk", rules.embedding_space_walk.output.walk),
+                ("rank_png", rules.embedding_space_figures.output.rank),
+                ("proximity_png", rules.embedding_space_figures.output.proximity),
+                ("walk_png", rules.embedding_space_figures.output.walk),
+            )
+        },
         concepts=(
             expand(
                 rules.embedding_space_concepts.output.json,

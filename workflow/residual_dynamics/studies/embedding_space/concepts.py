@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from residual_dynamics.studies.embedding_space.lens import check_model, lens_parts, padded_batch
+
 log = logging.getLogger(__name__)
 
 AGGREGATIONS = ("mean", "position_weighted", "last")
@@ -126,7 +128,6 @@ class Encoder:
 
     def __init__(self, model, tokenizer, *, layer: str = "normed", add_bos="auto"):
         from residual_dynamics.recording.extract import Extractor, pad_token_id, resolve_add_bos
-        from residual_dynamics.studies.embedding_space.lens import lens_parts
 
         self.model = model
         self.tokenizer = tokenizer
@@ -174,8 +175,6 @@ class Encoder:
     @torch.inference_mode()
     def continuation_logprobs(self, context: str, endings: Sequence[str]) -> list[np.ndarray]:
         """Log-probabilities of each ending's tokens given the context (one pass per ending)."""
-        from residual_dynamics.studies.embedding_space.lens import _padded
-
         ctx = self.ids(context)
         conts = [self.continuation_ids(" " + e) for e in endings]
         for ending, cont in zip(endings, conts, strict=True):
@@ -183,7 +182,7 @@ class Encoder:
                 raise ConceptSimilarityError(f"ending {ending!r} tokenises to nothing")
         seqs = [ctx + c for c in conts]
         device = next(self.model.parameters()).device
-        ids, mask = _padded(seqs, self.pad_id, device)
+        ids, mask = padded_batch(seqs, self.pad_id, device)
         logits = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -241,7 +240,6 @@ def run_concept_similarity(
 ) -> dict:
     """Everything the concept-similarity rule does: the model and HellaSwag in, a summary out."""
     from residual_dynamics.inputs.models import load_model
-    from residual_dynamics.studies.embedding_space.lens import check_model
 
     examples = load_hellaswag(settings["hf"], settings.get("n_examples"), settings.get("seed", 0))
     loaded = load_model(model_name, model_spec, device=device, with_head=True)

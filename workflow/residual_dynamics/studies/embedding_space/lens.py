@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from residual_dynamics.recording.hooks import architecture_for
+from residual_dynamics.studies.embedding_space.walk import encoding_walk
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +293,8 @@ def uniform_attention(model):
         model.set_attn_implementation(before)
 
 
-def _padded(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple:
+def padded_batch(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple:
+    """Token ids right-padded with ``pad_id`` and their attention mask, (texts, longest)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -310,7 +312,7 @@ def sequence_nll(model, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: 
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        ids, mask = _padded([seqs[i] for i in batch], pad_id, device)
+        ids, mask = padded_batch([seqs[i] for i in batch], pad_id, device)
         logits = model(
             input_ids=ids,
             attention_mask=mask,
@@ -442,8 +444,6 @@ def lens_run(
 
 def walk_from_rows(resid: np.ndarray, sublayers: Sequence[str]) -> dict[str, np.ndarray]:
     """The encoding walk's per-layer delta norms for rows recorded at every sublayer."""
-    from residual_dynamics.studies.embedding_space.walk import encoding_walk
-
     walk = encoding_walk(resid, sublayers)
     return {
         "attn_delta_norm": walk["attn_delta_norm"],
@@ -464,8 +464,8 @@ def record_lens(
     """Everything the lens rule does: a prepared dataset and a model spec in, arrays out."""
     from residual_dynamics.inputs import datasets as ds
     from residual_dynamics.inputs.models import context_window, load_model
+    from residual_dynamics.io.store import package_versions
     from residual_dynamics.recording.extract import (
-        package_versions,
         resolve_add_bos,
         shuffle_tokens,
         tokenise,
