@@ -152,7 +152,6 @@ rule figure_2:
     params:
         dpi=config["figures"]["dpi"],
         formats=config["figures"]["formats"],
-        reading=config["statistics"]["correlation_reading"],
     script:
         "../scripts/figure_2.py"
 
@@ -193,6 +192,7 @@ rule figure_3:
     params:
         dpi=config["figures"]["dpi"],
         formats=config["figures"]["formats"],
+        label=lambda w: f"{w.model} on {w.dataset}",
     script:
         "../scripts/figure_3.py"
 
@@ -233,6 +233,7 @@ rule figure_4:
     params:
         dpi=config["figures"]["dpi"],
         formats=config["figures"]["formats"],
+        label=lambda w: f"{w.model} on {w.dataset}",
     script:
         "../scripts/figure_4.py"
 
@@ -267,6 +268,7 @@ rule figure_4d:
     params:
         dpi=config["figures"]["dpi"],
         formats=config["figures"]["formats"],
+        label=lambda w: f"{w.model} on {w.dataset}",
     script:
         "../scripts/figure_4d.py"
 

@@ -6,12 +6,11 @@ from residual_dynamics.io.logs import setup_logging
 from residual_dynamics.paper.figures import figure_1
 
 setup_logging(snakemake.log[0])
+# The rule's params are the drawing settings (dpi, formats, and reading or label where it has them).
 figure_1(
     xr.open_zarr(snakemake.input.means).load(),
     xr.open_zarr(snakemake.input.stats).load(),
     xr.open_zarr(snakemake.input.mi).load(),
     outputs=dict(snakemake.output.items()),
-    formats=snakemake.params.formats,
-    dpi=snakemake.params.dpi,
-    reading=snakemake.params.reading,
+    **dict(snakemake.params.items()),
 )

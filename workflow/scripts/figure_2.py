@@ -6,10 +6,10 @@ from residual_dynamics.io.logs import setup_logging
 from residual_dynamics.paper.figures import figure_2
 
 setup_logging(snakemake.log[0])
+# The rule's params are the drawing settings (dpi, formats, and reading or label where it has them).
 figure_2(
     xr.open_zarr(snakemake.input.means).load(),
     xr.open_zarr(snakemake.input.rotations).load(),
     outputs=dict(snakemake.output.items()),
-    formats=snakemake.params.formats,
-    dpi=snakemake.params.dpi,
+    **dict(snakemake.params.items()),
 )

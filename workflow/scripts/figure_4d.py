@@ -6,11 +6,10 @@ from residual_dynamics.io.logs import setup_logging
 from residual_dynamics.paper.figures import figure_4d
 
 setup_logging(snakemake.log[0])
+# The rule's params are the drawing settings (dpi, formats, and reading or label where it has them).
 figure_4d(
     xr.open_zarr(snakemake.input.pca).load(),
     xr.open_zarr(snakemake.input.perturbation).load(),
     outputs=dict(snakemake.output.items()),
-    formats=snakemake.params.formats,
-    dpi=snakemake.params.dpi,
-    label=f"{snakemake.wildcards.model} on {snakemake.wildcards.dataset}",
+    **dict(snakemake.params.items()),
 )

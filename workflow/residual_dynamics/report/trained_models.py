@@ -112,22 +112,16 @@ def curves_figure(summaries: dict[str, dict], paths, dpi: int = 150) -> None:
     for i, (name, s) in enumerate(summaries.items()):
         hist = s.get("history", [])
         steps = [h["step"] for h in hist]
-        if hist and "accuracy_from_3" in hist[0]:
-            axes[0].plot(
-                steps,
-                [h["accuracy_from_3"] for h in hist],
-                marker="o",
-                color=PALETTE[i % len(PALETTE)],
-                label=name,
-            )
-        if hist and "validation_perplexity" in hist[0]:
-            axes[1].plot(
-                steps,
-                [h["validation_perplexity"] for h in hist],
-                marker="o",
-                color=PALETTE[i % len(PALETTE)],
-                label=name,
-            )
+        # task models on the left (held-out accuracy), text models on the right (perplexity)
+        for ax, key in zip(axes, ("accuracy_from_3", "validation_perplexity"), strict=True):
+            if hist and key in hist[0]:
+                ax.plot(
+                    steps,
+                    [h[key] for h in hist],
+                    marker="o",
+                    color=PALETTE[i % len(PALETTE)],
+                    label=name,
+                )
     axes[0].set(
         xlabel="step",
         ylabel="held-out accuracy, positions >= 3",

@@ -132,6 +132,24 @@ def _capture_inputs(modules: dict):
             h.remove()
 
 
+@contextlib.contextmanager
+def _capture_heads_and_mlps(view: GPT2View, extra: dict | None = None):
+    """While the body runs the model: each layer's per-head attention input to ``c_proj`` (``z{l}``,
+    with the inputs of ``extra`` modules too) and each MLP's output (keyed by layer)."""
+    modules = {f"z{li}": b.attn.c_proj for li, b in enumerate(view.blocks)} | (extra or {})
+    outputs: dict = {}
+    handles = [
+        b.mlp.register_forward_hook(lambda _m, _a, out, li=li: outputs.__setitem__(li, out))
+        for li, b in enumerate(view.blocks)
+    ]
+    try:
+        with _capture_inputs(modules) as seen:
+            yield seen, outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def attention_scores(view: GPT2View, ids: torch.Tensor, layer: int) -> torch.Tensor:
     """Pre-softmax causal attention scores (n, heads, T, T) of a layer; -inf above the diagonal.
@@ -213,19 +231,8 @@ def residual_components(view: GPT2View, ids: torch.Tensor):
     (each head's output), 'L{l}attn_bias' and 'L{l}mlp'. Returns (names, (parts, n, T, d),
     final residual, hidden states after each block)."""
     model = view.model
-    modules = {f"z{li}": b.attn.c_proj for li, b in enumerate(view.blocks)}
-    modules["final"] = model.transformer.ln_f
-    outputs: dict = {}
-    handles = [
-        b.mlp.register_forward_hook(lambda _m, _a, out, li=li: outputs.__setitem__(li, out))
-        for li, b in enumerate(view.blocks)
-    ]
-    try:
-        with _capture_inputs(modules) as seen:
-            result = model(input_ids=ids, output_hidden_states=True)
-    finally:
-        for h in handles:
-            h.remove()
+    with _capture_heads_and_mlps(view, {"final": model.transformer.ln_f}) as (seen, outputs):
+        result = model(input_ids=ids, output_hidden_states=True)
     names, parts = (
         ["embed"],
         [model.transformer.wte(ids) + model.transformer.wpe.weight[: ids.shape[1]]],
@@ -386,18 +393,8 @@ def ablate(view: GPT2View, target: tuple, means: dict | None = None):
 @torch.no_grad()
 def component_means(view: GPT2View, ids: torch.Tensor) -> dict:
     """Per-position means over the sequences of every head input z and MLP output."""
-    modules = {f"z{li}": b.attn.c_proj for li, b in enumerate(view.blocks)}
-    outputs: dict = {}
-    handles = [
-        b.mlp.register_forward_hook(lambda _m, _a, out, li=li: outputs.__setitem__(li, out))
-        for li, b in enumerate(view.blocks)
-    ]
-    try:
-        with _capture_inputs(modules) as seen:
-            view.model(input_ids=ids)
-    finally:
-        for h in handles:
-            h.remove()
+    with _capture_heads_and_mlps(view) as (seen, outputs):
+        view.model(input_ids=ids)
     means = {k: v.mean(0) for k, v in seen.items()}
     means.update({f"mlp{li}": out.mean(0) for li, out in outputs.items()})
     return means
