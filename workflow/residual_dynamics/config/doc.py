@@ -17,8 +17,16 @@ HEADER = """# Configuration keys
 
 Generated from `workflow/schemas/config.schema.yaml` and `workflow/schemas/modules/*.yaml` by `python -m residual_dynamics.config.doc`
 (a test fails when the two differ). Every key is optional unless marked *required*; a key left out
-takes its default. `config/config.yaml` is the embedded default. A `--configfile` is merged over it.
+takes its default. `config/config.yaml` is the embedded default and shows every key (a test checks it
+against the schema). A `--configfile` is merged over it: its `models` and `datasets` are added to the
+default's, `runs` and every other key it gives replace the default's.
 Names of models and datasets are used in paths: letters, digits, `_` and `-`.
+
+The related studies (`affine`, `talking_heads`, `embedding_space`) are switched on in
+`config/config.yaml` for its own models. While a study's `models` is left as it is there, the study
+follows `runs`: models no run records drop out, and a study left with none is switched off, each
+change said in one line when the workflow starts. A `models` list you write is checked as written.
+Only the `train:` models that some run records or some switched-on study lists are trained.
 """
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+# The embedded default: the config the workflow runs with, and the one a --configfile is merged over.
+EMBEDDED_CONFIG = SCHEMA_PATH.parents[2] / "config" / "config.yaml"
 MODEL_SOURCES = ("hub", "path", "package", "train")
 DATASET_SOURCES = ("builtin", "hf", "file", "variant_of", "task")
 
@@ -65,6 +67,11 @@ def _parse_schema(stamps: tuple) -> dict:
     return schema
 
 
+def embedded_config() -> dict:
+    """config/config.yaml as written (not validated: no defaults filled in)."""
+    return yaml.safe_load(EMBEDDED_CONFIG.read_text()) or {}
+
+
 def model_key(config: dict, section: str, model: str) -> str:
     """The config key that names ``model`` in a module's ``models`` list (``models.<name>`` when
     the module does not list it), for messages at run time."""
@@ -81,3 +88,29 @@ def recordings(config: dict) -> list[tuple[str, str]]:
                 if (model, dataset) not in pairs:
                     pairs.append((model, dataset))
     return pairs
+
+
+# Top-level sections that hold names rather than settings; every other section is a module's.
+NAMED_SECTIONS = ("models", "datasets", "runs")
+
+
+def enabled_modules(config: dict) -> dict[str, dict]:
+    """The switched-on modules that name models: ``{section: settings}`` for every section with
+    ``enabled: true`` and a ``models`` list (the related studies)."""
+    return {
+        name: section
+        for name, section in config.items()
+        if name not in NAMED_SECTIONS
+        and isinstance(section, dict)
+        and section.get("enabled") is True
+        and isinstance(section.get("models"), list)
+    }
+
+
+def models_in_use(config: dict) -> list[str]:
+    """Models that some run records or some switched-on module lists, in the order of `models`:
+    the workflow builds (trains) only these, whatever else `models` defines."""
+    used = {model for run in config["runs"] for model in run["models"]}
+    for section in enabled_modules(config).values():
+        used.update(section["models"])
+    return [name for name in config["models"] if name in used]

@@ -10,8 +10,10 @@ import copy
 import difflib
 import functools
 import importlib.util
+import logging
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from jsonschema import Draft202012Validator, ValidationError, validators
@@ -21,11 +23,14 @@ from residual_dynamics.config.schema import (
     DATASET_SOURCES,
     MODEL_SOURCES,
     ConfigError,
+    enabled_modules,
     merged_schema,
 )
 from residual_dynamics.studies.affine import config as affine_config
 from residual_dynamics.studies.embedding_space import config as embedding_space_config
 from residual_dynamics.studies.talking_heads import config as talking_heads_config
+
+_log = logging.getLogger("residual_dynamics.config")
 
 # Each related study checks its own section (run whether or not it is switched on: a switched-off
 # study's check returns nothing).
@@ -64,7 +69,8 @@ def _ecma_pattern(pattern: str) -> re.Pattern:
     return re.compile(pattern)
 
 
-_Filling = _with_defaults(Draft202012Validator)
+# The schema validator that also fills in every default (validate_config uses it on a copy).
+FillingValidator = _with_defaults(Draft202012Validator)
 
 
 def _key(path) -> str:
@@ -290,8 +296,20 @@ def _check_task(name: str, spec: dict) -> list[str]:
     return problems
 
 
-def validate_config(config: dict, base_dir: Path | str = ".") -> dict:
-    """Return a validated copy of ``config`` with every default filled in, or raise ConfigError."""
+def validate_config(
+    config: dict,
+    base_dir: Path | str = ".",
+    embedded: dict | None = None,
+    note: Callable[[str], None] | None = None,
+) -> dict:
+    """Return a validated copy of ``config`` with every default filled in, or raise ConfigError.
+
+    ``embedded`` is the embedded default the config was merged over (config/config.yaml, as the
+    Snakefile passes it): a related study whose ``models`` list is still the embedded default's
+    follows the config's runs instead of failing (``follow_runs``), each change told in one line
+    to ``note`` (default: a warning on the ``residual_dynamics.config`` logger). Without it every
+    module list is checked as given.
+    """
     if not isinstance(config, dict):
         raise ConfigError([f"the config must be a mapping of keys, got {type(config).__name__}"])
     problems = _unreadable(config, [])
@@ -299,15 +317,55 @@ def validate_config(config: dict, base_dir: Path | str = ".") -> dict:
         raise ConfigError(problems)
     schema = merged_schema()
     filled = copy.deepcopy(config)
-    errors = sorted(_Filling(schema).iter_errors(filled), key=lambda e: list(e.absolute_path))
+    errors = sorted(FillingValidator(schema).iter_errors(filled), key=lambda e: list(e.absolute_path))
     problems = list(dict.fromkeys(_describe(e, schema) for e in errors))
     if problems:
         raise ConfigError(problems)
     problems = _check_references(filled, Path(base_dir))
+    notes = follow_runs(filled, embedded) if embedded is not None else []
     problems += _check_modules(filled, Path(base_dir))
     if problems:
         raise ConfigError(problems)
+    for line in notes:
+        (note or _log.warning)(line)
     return filled
+
+
+def follow_runs(config: dict, embedded: dict) -> list[str]:
+    """Switched-on modules whose ``models`` list is still the embedded default's follow the runs:
+    models no run records are dropped from the list, and a module left with none is switched
+    off. Changes ``config`` in place; returns one line per module changed.
+
+    A ``--configfile`` replaces ``runs`` but keeps the default modules' lists, which name the
+    default's own models: a user who records only their model did not ask for those. A list the
+    user wrote (anything other than the embedded default's) is checked as given, so a typo or an
+    unrecorded model there is still an error naming the key.
+    """
+    recorded = {model for run in config["runs"] for model in run["models"]}
+    notes = []
+    for name, section in enabled_modules(config).items():
+        default = embedded.get(name) if isinstance(embedded, dict) else None
+        if not isinstance(default, dict) or section["models"] != default.get("models"):
+            continue
+        kept = [m for m in section["models"] if m in recorded and m in config["models"]]
+        dropped = [m for m in section["models"] if m not in kept]
+        if not dropped:
+            continue
+        listed = ", ".join(dropped)
+        verb = "is" if len(dropped) == 1 else "are"
+        if kept:
+            section["models"] = kept
+            notes.append(
+                f"{name}.models: {listed} (from config/config.yaml) {verb} in no `runs` entry; "
+                f"the study follows the runs and keeps {', '.join(kept)}"
+            )
+        else:
+            section["enabled"] = False
+            notes.append(
+                f"{name}: switched off; its models in config/config.yaml ({listed}) {verb} in no "
+                f"`runs` entry; name the models to study in {name}.models to run it"
+            )
+    return notes
 
 
 def _check_modules(config: dict, base_dir: Path) -> list[str]:
