@@ -317,7 +317,9 @@ def validate_config(
         raise ConfigError(problems)
     schema = merged_schema()
     filled = copy.deepcopy(config)
-    errors = sorted(FillingValidator(schema).iter_errors(filled), key=lambda e: list(e.absolute_path))
+    errors = sorted(
+        FillingValidator(schema).iter_errors(filled), key=lambda e: list(e.absolute_path)
+    )
     problems = list(dict.fromkeys(_describe(e, schema) for e in errors))
     if problems:
         raise ConfigError(problems)
