@@ -226,3 +226,22 @@ def test_comparison_figure_overlays_recordings_on_normalised_depth():
     x, y = lines[0].get_data()
     assert x[0] == 0 and x[-1] == 1 and len(x) == 7  # 7 transitions spread over depth 0-1
     assert max(y) == 1.0  # velocity divided by its peak
+
+
+def test_time_per_step_names_each_rows_rule(tmp_path):
+    """Benchmark files are results/benchmarks/<rule>/<wildcards>.tsv: each row names its rule."""
+    benchmarks = tmp_path / "benchmarks"
+    for rule, what, seconds in [("pca", "minilm--pydoc", 3.5), ("train_model", "affine_gpt", 40)]:
+        (benchmarks / rule).mkdir(parents=True)
+        (benchmarks / rule / f"{what}.tsv").write_text(f"s\th:m:s\n{seconds}\t0:00:03\n")
+    (benchmarks / "broken.tsv").write_text("")  # unreadable files are left out, not fatal
+    page = render(
+        [Section("m", "d", make_store(tmp_path / "a.zarr", "pre"))],
+        title="t",
+        config={},
+        benchmarks=sorted(benchmarks.rglob("*.tsv")),
+    )
+    timings = page.split("time taken per step")[1].split("</details>")[0]
+    assert "<td>pca: minilm--pydoc</td><td>3.5</td>" in timings
+    assert "<td>train_model: affine_gpt</td><td>40.0</td>" in timings
+    assert "<th>total</th><th>43.5</th>" in timings
