@@ -1,0 +1,376 @@
+"""The residual stream's local dynamics: Jacobians of the sublayer maps and finite-time Lyapunov
+exponents along each text's trajectory, on any model the hook table supports.
+
+The maps. The stream is recorded at attn0, mlp0, attn1, ..., final (``hooks.sublayer_names``).
+Transition t maps the state at sublayer t to the state at sublayer t + 1 at one token position p,
+with every other position's state at sublayer t held where the model put it: attn_l -> mlp_l is
+the attention sublayer with its residual add, mlp_l -> attn_(l+1) the MLP sublayer with its add
+(in parallel-block models each transition is one whole block). For a causal model the product of
+the transitions' Jacobians is the Jacobian of the many-layer map at p (later positions never feed
+back into p); for BERT each factor holds the other positions at their recorded states.
+
+Re-entry, as ``analysis.perturbation.Reentry`` does it: the text runs once and every block's
+output is kept; a map at layer l swaps blocks 0..l-1 for stand-ins that return the kept output of
+block l - 1 (expanded to the batch), so it costs block l alone (the forward stops, by an
+exception caught here, as soon as the target state is read). Its input is written at position p
+by a forward pre-hook: on block l (attention sublayer), or on the module whose input is the
+pre-MLP state (MLP sublayer). The latter write is in place: that tensor is also the skip
+connection's, so the MLP sublayer's residual add sees the new state too (checked against each
+family's own block in the tests). Rows carry independent copies of the text, so a block of B
+Jacobian-vector products is one batched ``torch.func.jvp`` (``jacobians.Linearisation``).
+
+Forward-mode AD is not implemented for PyTorch's fused attention kernels, so the maps run with
+transformers' eager attention (:func:`eager_attention`, restored afterwards). Products run in the
+model's dtype: load it in float32 (float64 in the tests); bfloat16 Jacobians carry ~1e-2 errors.
+
+What is measured per map, and the thresholds (J formed only for d <= ``FULL_MAX_D`` = 1024,
+matrix-free above), are in ``analysis.jacobians``. :func:`local_dynamics` returns an xarray
+Dataset over (text, transition, k).
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from residual_dynamics.analysis.jacobians import (
+    FULL_MAX_D,
+    Linearisation,
+    MatrixMap,
+    finite_time_lyapunov,
+    local_measures,
+)
+from residual_dynamics.recording.hooks import ResidualRecorder, architecture_for, first_tensor
+
+PER_TRANSITION = (
+    "spectral_radius",
+    "complex_share",
+    "rotation_angle_mean",
+    "rotation_angle_max",
+    "non_normality",
+    "antisymmetric_share",
+    "non_normality_update",
+    "antisymmetric_share_update",
+    "sigma_bottom_bound",
+    "lanczos_residual",
+)
+PER_TRANSITION_K = ("sigma_top", "sigma_bottom", "eig_modulus", "eig_angle")
+
+
+class StopForward(Exception):
+    """Raised in a hook once the target state is read: the rest of the model need not run."""
+
+
+@contextmanager
+def eager_attention(model):
+    """Run the model with eager attention (forward-mode AD needs it), then restore its own.
+    Models whose attention cannot be switched after loading (Falcon) keep theirs: if a
+    Jacobian-vector product then fails, load them with ``attn_implementation="eager"``."""
+    current = getattr(model.config, "_attn_implementation", None)
+    can_switch = getattr(model, "_can_set_attn_implementation", lambda: True)
+    if current in (None, "eager") or not can_switch():
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(current)
+
+
+def block_output_tensor(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+def expand_output(output, batch: int):
+    """A kept block output (tensor or tuple, batch 1) expanded to ``batch`` rows."""
+    if isinstance(output, torch.Tensor):
+        return output.expand(batch, *output.shape[1:])
+    first = output[0].expand(batch, *output[0].shape[1:])
+    return type(output)((first, *output[1:]))
+
+
+def replace_first(args: tuple, kwargs: dict, h: torch.Tensor):
+    """A forward pre-hook's return value that swaps the module's first input for ``h``."""
+    if args:
+        return (h, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": h}
+
+
+class CachedBlock(nn.Module):
+    """Stands in for a block before the re-entered one: returns the kept state, computes nothing."""
+
+    def __init__(self, output, batch: int):
+        super().__init__()
+        self.output = output
+        self.batch = batch
+
+    def forward(self, *args, **kwargs):
+        return expand_output(self.output, self.batch)
+
+
+def transition_names(names: Sequence[str]) -> list[str]:
+    return [f"{a}->{b}" for a, b in zip(names[:-1], names[1:], strict=True)]
+
+
+class SublayerMaps:
+    """The sublayer maps of one token sequence at one position (module docstring).
+
+    ``states``: (S, d) the recorded states at the position, in the model's dtype; ``map(t)``:
+    the callable (B, d) -> (B, d) of transition t, whose value at ``states[t]`` is
+    ``states[t + 1]``; ``linearisation(t)``: its Jacobian there, as a ``Linearisation``.
+    """
+
+    def __init__(self, model, ids, position: int = -1, include_final: bool = True):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.ids = torch.as_tensor([list(ids)], device=self.device)
+        self.position = position % self.ids.shape[1]
+        self.arch = architecture_for(model.config)
+        self.blocks = operator.attrgetter(self.arch.layers)(model.base_model)
+        recorder = ResidualRecorder(model, include_final)
+        self.names = recorder.names
+        self.transitions = transition_names(self.names)
+        if len(self.names) < 2:
+            raise ValueError("a trajectory needs at least two recorded sublayers")
+        self._outputs: list = [None] * len(self.blocks)
+        handles = [
+            block.register_forward_hook(self._keep_output(i)) for i, block in enumerate(self.blocks)
+        ]
+        try:
+            with torch.no_grad(), eager_attention(model), recorder:
+                recorder.set_selector(lambda h: h[:, self.position].detach().clone())
+                model(input_ids=self.ids, use_cache=False)
+                self.states = recorder.take()[0]
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _keep_output(self, index: int):
+        def hook(_module, _args, output):
+            if isinstance(output, torch.Tensor):
+                self._outputs[index] = output.detach()
+            else:
+                self._outputs[index] = type(output)((output[0].detach(), *output[1:]))
+
+        return hook
+
+    def _source(self, t: int) -> tuple[str, int]:
+        kind, layer = re.fullmatch(r"(attn|mlp)(\d+)", self.names[t]).groups()
+        return kind, int(layer)
+
+    def map(self, t: int):
+        """Transition t as a callable on (B, d) rows, B independent copies of the text."""
+        kind, layer = self._source(t)
+        block = self.blocks[layer]
+        mid = operator.attrgetter(self.arch.mid)(block) if self.arch.mid is not None else None
+        p = self.position
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            captured = {}
+
+            def write_block_input(_module, args, kwargs):
+                h = first_tensor(args, kwargs)
+                at_p = torch.arange(h.shape[1], device=h.device) == p
+                return replace_first(args, kwargs, torch.where(at_p[:, None], x[:, None], h))
+
+            def write_mid_input(_module, args, kwargs):
+                # In place: the same tensor is the MLP sublayer's skip connection.
+                first_tensor(args, kwargs)[:, p] = x
+
+            def read_mid_input(_module, args, kwargs):
+                captured["y"] = first_tensor(args, kwargs)[:, p]
+                raise StopForward
+
+            def read_block_output(_module, _args, _kwargs, output):
+                captured["y"] = block_output_tensor(output)[:, p]
+                raise StopForward
+
+            if kind == "attn":
+                handles = [
+                    block.register_forward_pre_hook(
+                        write_block_input, with_kwargs=True, prepend=True
+                    )
+                ]
+            else:
+                handles = [
+                    mid.register_forward_pre_hook(write_mid_input, with_kwargs=True, prepend=True)
+                ]
+            if kind == "attn" and mid is not None:
+                handles.append(mid.register_forward_pre_hook(read_mid_input, with_kwargs=True))
+            else:
+                handles.append(block.register_forward_hook(read_block_output, with_kwargs=True))
+            try:
+                self._run_from(layer, len(x))
+            finally:
+                for handle in handles:
+                    handle.remove()
+            if "y" not in captured:
+                raise RuntimeError(
+                    f"transition {self.transitions[t]}: the target state was never reached; the "
+                    "architecture row in hooks.ARCHITECTURES does not match this model"
+                )
+            return captured["y"]
+
+        return fn
+
+    def _run_from(self, layer: int, batch: int) -> None:
+        originals = list(self.blocks[:layer])
+        try:
+            for i in range(layer):
+                self.blocks[i] = CachedBlock(self._outputs[layer - 1], batch)
+            with eager_attention(self.model):
+                self.model(input_ids=self.ids.expand(batch, -1), use_cache=False)
+        except StopForward:
+            pass
+        finally:
+            for i, block in enumerate(originals):
+                self.blocks[i] = block
+
+    def linearisation(self, t: int, batch: int = 32) -> Linearisation:
+        return Linearisation(self.map(t), self.states[t], batched=True, batch=batch)
+
+
+def text_dynamics(
+    maps: SublayerMaps,
+    k: int,
+    *,
+    full_max_d: int = FULL_MAX_D,
+    probes: int = 32,
+    frame: str = "product",
+    seed: int = 0,
+    batch: int = 32,
+    tol: float | None = None,
+) -> dict[str, np.ndarray]:
+    """Every measure of one text's transitions, and its Lyapunov exponents, as arrays:
+    (T,) or (T, k) per map, ``lyapunov`` (k,) and ``stretch`` (T, k). Where d <= full_max_d the
+    formed Jacobians are kept for the exponents (T d^2 float64: 512 MiB at d = 1024, T = 64)."""
+    ops = [maps.linearisation(t, batch) for t in range(len(maps.transitions))]
+    if maps.states.shape[1] <= full_max_d:
+        ops = [MatrixMap(op.matrix()) for op in ops]
+    per_map = []
+    for op in ops:
+        per_map.append(
+            local_measures(op, k, full_max_d=full_max_d, probes=probes, seed=seed, tol=tol)
+        )
+        op.release()  # one kept graph at a time
+    lyapunov = finite_time_lyapunov(ops, k, frame=frame, seed=seed, tol=tol)
+    out = {name: np.array([m[name] for m in per_map], float) for name in PER_TRANSITION}
+    out |= {name: np.stack([m[name] for m in per_map]) for name in PER_TRANSITION_K}
+    return out | {"lyapunov": lyapunov.exponents, "stretch": lyapunov.stretch}
+
+
+def choose_texts(n_available: int, n: int, seed: int) -> np.ndarray:
+    """A seeded sample of ``n`` text indices (all of them when there are fewer), sorted."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_available, min(n, n_available), replace=False))
+
+
+def summarise_lyapunov(dynamics: xr.Dataset, n_boot: int = 2000, seed: int = 0) -> xr.Dataset:
+    """Adds the exponents' mean and standard deviation over texts and a seeded bootstrap 95 %
+    interval of the mean (over texts), per k."""
+    values = dynamics["lyapunov"].values  # (text, k)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(values), size=(n_boot, len(values)))
+    means = values[picks].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5], axis=0)
+    spread = values.std(axis=0, ddof=1) if len(values) > 1 else np.full(values.shape[1], np.nan)
+    return dynamics.assign(
+        lyapunov_mean=("k", values.mean(axis=0)),
+        lyapunov_std=("k", spread),
+        lyapunov_ci_low=("k", low),
+        lyapunov_ci_high=("k", high),
+    )
+
+
+def local_dynamics(
+    model,
+    token_ids: Sequence[Sequence[int]],
+    *,
+    text_ids: Sequence | None = None,
+    k: int = 8,
+    position: int = -1,
+    include_final: bool = True,
+    full_max_d: int = FULL_MAX_D,
+    probes: int = 32,
+    frame: str = "product",
+    seed: int = 0,
+    batch: int = 32,
+    tol: float | None = None,
+    progress: bool = False,
+) -> xr.Dataset:
+    """Jacobian spectra of every sublayer map and Lyapunov exponents, per text, over (text,
+    transition, k). ``position``: the token position (negative from the end; -1 is the store's
+    ``last``). ``k``: how many singular values at each end, eigenvalues and exponents.
+    ``full_max_d``: the largest d whose J is formed (module docstring of analysis.jacobians).
+    ``probes``: Hutchinson probes for the matrix-free Frobenius ratios. ``frame``: where the
+    Lyapunov frame starts ("product": exponents are (1/T) log sigma_i of the text's product of
+    Jacobians; "random": the classic QR method from a seeded frame). ``tol``: block Lanczos
+    residual tolerance (default from the model's dtype). ``batch``: copies of the text per pass.
+    """
+    from tqdm.auto import tqdm
+
+    if not token_ids:
+        raise ValueError("local_dynamics: no texts given")
+    training = model.training
+    model.eval()  # dropout off: the maps must be deterministic
+    rows = []
+    try:
+        with eager_attention(model):
+            for ids in tqdm(token_ids, desc="sublayer Jacobians", disable=not progress):
+                maps = SublayerMaps(model, ids, position, include_final)
+                rows.append(
+                    text_dynamics(
+                        maps,
+                        k,
+                        full_max_d=full_max_d,
+                        probes=probes,
+                        frame=frame,
+                        seed=seed,
+                        batch=batch,
+                        tol=tol,
+                    )
+                )
+    finally:
+        model.train(training)
+    d = int(maps.states.shape[1])
+    k_used = rows[0]["sigma_top"].shape[1]
+    data = {
+        name: (("text", "transition"), np.stack([r[name] for r in rows])) for name in PER_TRANSITION
+    }
+    for name in (*PER_TRANSITION_K, "stretch"):
+        data[name] = (("text", "transition", "k"), np.stack([r[name] for r in rows]))
+    data["lyapunov"] = (("text", "k"), np.stack([r["lyapunov"] for r in rows]))
+    sources, targets = maps.names[:-1], maps.names[1:]
+    dynamics = xr.Dataset(
+        data,
+        coords={
+            "text": list(text_ids) if text_ids is not None else np.arange(len(token_ids)),
+            "transition": maps.transitions,
+            "source": ("transition", sources),
+            "target": ("transition", targets),
+            "k": np.arange(1, k_used + 1),
+        },
+        attrs={
+            "architecture": model.config.model_type,
+            "norm": maps.arch.norm,
+            "d_model": d,
+            "dtype": str(maps.states.dtype).removeprefix("torch."),
+            "position": position,
+            "k": k_used,
+            "method": "full" if d <= full_max_d else "matrix-free",
+            "full_max_d": full_max_d,
+            "probes": probes,
+            "lyapunov_frame": frame,
+            "seed": seed,
+            "lyapunov_unit": "per transition (natural log)",
+        },
+    )
+    return summarise_lyapunov(dynamics, seed=seed)
