@@ -38,7 +38,6 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 import xarray as xr
-from torch import nn
 
 from residual_dynamics.analysis.jacobians import (
     FULL_MAX_D,
@@ -47,6 +46,7 @@ from residual_dynamics.analysis.jacobians import (
     finite_time_lyapunov,
     local_measures,
 )
+from residual_dynamics.analysis.perturbation import CachedBlock
 from residual_dynamics.recording.hooks import ResidualRecorder, architecture_for, first_tensor
 
 PER_TRANSITION = (
@@ -89,31 +89,11 @@ def block_output_tensor(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple | list) else output
 
 
-def expand_output(output, batch: int):
-    """A kept block output (tensor or tuple, batch 1) expanded to ``batch`` rows."""
-    if isinstance(output, torch.Tensor):
-        return output.expand(batch, *output.shape[1:])
-    first = output[0].expand(batch, *output[0].shape[1:])
-    return type(output)((first, *output[1:]))
-
-
 def replace_first(args: tuple, kwargs: dict, h: torch.Tensor):
     """A forward pre-hook's return value that swaps the module's first input for ``h``."""
     if args:
         return (h, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": h}
-
-
-class CachedBlock(nn.Module):
-    """Stands in for a block before the re-entered one: returns the kept state, computes nothing."""
-
-    def __init__(self, output, batch: int):
-        super().__init__()
-        self.output = output
-        self.batch = batch
-
-    def forward(self, *args, **kwargs):
-        return expand_output(self.output, self.batch)
 
 
 def transition_names(names: Sequence[str]) -> list[str]:

@@ -91,14 +91,15 @@ def data_range(projection: np.ndarray) -> tuple[float, float]:
     return (-extent, extent)
 
 
-def _expand(output, batch: int):
+def expand_output(output, batch: int):
+    """A kept block output (tensor or tuple, batch 1) expanded to ``batch`` rows."""
     if isinstance(output, torch.Tensor):
         return output.expand(batch, *output.shape[1:])
     first = output[0].expand(batch, *output[0].shape[1:])
     return type(output)((first, *output[1:]))
 
 
-class _CachedBlock(nn.Module):
+class CachedBlock(nn.Module):
     """Stands in for blocks before the perturbed one: returns the cached state, computes nothing."""
 
     def __init__(self, output, batch: int):
@@ -107,7 +108,7 @@ class _CachedBlock(nn.Module):
         self.batch = batch
 
     def forward(self, *args, **kwargs):
-        return _expand(self.output, self.batch)
+        return expand_output(self.output, self.batch)
 
 
 @dataclass
@@ -195,7 +196,7 @@ class Reentry:
         handle = self.blocks[layer].register_forward_pre_hook(write, with_kwargs=True, prepend=True)
         try:
             for i in range(first):
-                self.blocks[i] = _CachedBlock(self._outputs[layer - 1], batch)
+                self.blocks[i] = CachedBlock(self._outputs[layer - 1], batch)
             rows, logits = self._forward(
                 ResidualRecorder(self.model, self.include_final, first_layer=first), batch
             )
