@@ -75,20 +75,29 @@ def _numbers(work: Path) -> dict[str, object]:
         group = zarr.open_group(str(store), mode="r")
         for name, array in group.arrays():
             out[f"{store.relative_to(results)}/{name}"] = array[...]
-    for path in sorted(results.glob("statistics/**/*.json")):
+    for path in sorted(results.glob("summaries/**/*.json")):
         out[str(path.relative_to(results))] = json.loads(path.read_text())
     return out
+
+
+def _found(results: Path, pattern: str) -> bool:
+    """Whether anything matches; a directory renamed away while the glob walks it (a store moved
+    into place) counts as not found yet."""
+    try:
+        return any(results.glob(pattern))
+    except FileNotFoundError:
+        return False
 
 
 def _triggers(work: Path) -> list[tuple[str, object]]:
     results = work / "results"
     return [
         # A shard store being written (only ever under its .partial name until complete).
-        ("extraction", lambda: any(results.glob("activations/**/*.partial"))),
+        ("extraction", lambda: _found(results, "activations/**/*.partial")),
         # The Dask statistics job has started (its log is opened first thing).
-        ("statistics", lambda: any(results.glob("logs/transition_statistics/**/*.log"))),
+        ("statistics", lambda: _found(results, "logs/transition_statistics/**/*.log")),
         # At least one CAE epoch is checkpointed.
-        ("CAE training", lambda: any(results.glob("reduction/**/cae_checkpoint.pt"))),
+        ("CAE training", lambda: _found(results, "reduction/**/cae_checkpoint.pt")),
     ]
 
 
