@@ -450,9 +450,7 @@ def run_layer_ablation(
     frame, meta = ds.read_dataset(dataset_path)
     if len(frame) == 0:
         raise LayerAblationError(f"dataset {dataset_path} has no texts")
-    if n_texts is not None and n_texts < len(frame):
-        picks = np.sort(np.random.default_rng(seed).choice(len(frame), n_texts, replace=False))
-        frame = frame.iloc[picks]
+    frame = ds.seeded_sample(frame, n_texts, seed)
     loaded = load_model(model_name, model_spec, device=device, with_head=True)
     model, tokenizer = loaded.model, loaded.tokenizer
     layer_stack(model)  # a clear error for non-causal models before any tokenising

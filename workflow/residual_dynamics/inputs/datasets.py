@@ -417,6 +417,14 @@ def write_dataset(df: pd.DataFrame, path: str | os.PathLike, metadata: dict) -> 
         raise
 
 
+def seeded_sample(frame, n: int | None, seed: int):
+    """``n`` of the prepared texts drawn with ``seed``, kept in dataset order (all when ``n`` is
+    None or not smaller than the dataset)."""
+    if n is None or n >= len(frame):
+        return frame
+    return frame.iloc[np.sort(np.random.default_rng(seed).choice(len(frame), n, replace=False))]
+
+
 def read_dataset(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
     """Read a file written by :func:`write_dataset`; metadata is ``{}`` if the file has none."""
     table = pq.read_table(path)

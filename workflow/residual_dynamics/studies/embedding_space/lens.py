@@ -474,10 +474,7 @@ def record_lens(
     frame, meta = ds.read_dataset(dataset_path)
     if len(frame) == 0:
         raise EmbeddingSpaceError(f"dataset '{dataset_name}' ({dataset_path}) has no texts")
-    n_texts = settings.get("n_texts")
-    if n_texts is not None and n_texts < len(frame):
-        rng = np.random.default_rng(settings.get("seed", 0))
-        frame = frame.iloc[np.sort(rng.choice(len(frame), n_texts, replace=False))]
+    frame = ds.seeded_sample(frame, settings.get("n_texts"), settings.get("seed", 0))
     loaded = load_model(
         model_name, model_spec, device=settings.get("device", "auto"), with_head=True
     )
