@@ -18,6 +18,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/extraction.smk"
+# Negative-control recordings made from the stores: the nulls the claims are contrasted with.
+include: "workflow/rules/controls.smk"
 include: "workflow/rules/statistics.smk"
 include: "workflow/rules/reduction.smk"
 include: "workflow/rules/perturbation.smk"
@@ -27,6 +29,8 @@ include: "workflow/rules/paper.smk"
 include: "workflow/rules/studies/affine.smk"
 include: "workflow/rules/studies/talking_heads.smk"
 include: "workflow/rules/studies/embedding_space.smk"
+# Beyond the paper: layer similarity, local dynamics (Jacobians, Lyapunov), layer deletion.
+include: "workflow/rules/beyond.smk"
 # Last: the report collects what the modules above registered in REPORT_SECTIONS.
 include: "workflow/rules/report.smk"
 

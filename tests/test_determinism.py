@@ -87,7 +87,7 @@ def test_block_moments_ignore_shift_alignment(store):
 
 def test_local_cluster_gives_the_same_bits_as_the_in_process_scheduler(store):
     def run():
-        t = transition_statistics(store, tile_mib=0.01)  # several unit tiles as well
+        t = transition_statistics(store, tile_mib=0.01, bootstrap=20)  # several unit tiles too
         p = pca_fit(store, n_components=8, per_sublayer=True)
         return {
             **{f"t.{k}": t[k].values for k in t.data_vars},

@@ -45,6 +45,9 @@ def tiny_config(model: Path, texts: Path) -> dict:
         # Enough epochs that a kill lands mid-training; patience so that all of them run.
         "cae": {"max_epochs": 40, "batch_size": 16, "patience": 100},
         "perturbation": {"enabled": False},
+        # No negative-control recording (fewer jobs to kill); the bootstrap still runs, and must
+        # resume to the same numbers.
+        "verdicts": {"controls": [], "bootstrap": 50, "mi_bootstrap": 5, "mi_units": 4},
     }
 
 

@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "workflow" / "residual_dynamics"
 ROOT = "residual_dynamics"
-STAGES = {"io", "inputs", "recording", "analysis", "paper", "report", "config", "studies"}
+STAGES = {"io", "inputs", "recording", "analysis", "paper", "beyond", "report", "config", "studies"}
 MAX_LINES = 600
 
 
@@ -150,7 +150,7 @@ def test_rules_mirror_the_package():
     rules = REPO / "workflow" / "rules"
     stages = {p.stem for p in rules.glob("*.smk")}
     assert {"common", "datasets", "training", "extraction", "statistics", "reduction"} <= stages
-    assert {"perturbation", "paper", "report"} <= stages
+    assert {"perturbation", "paper", "beyond", "report"} <= stages
     assert {p.stem for p in (rules / "studies").glob("*.smk")} == {
         "affine",
         "talking_heads",

@@ -89,7 +89,14 @@ def summary_with(correlation, cosine, velocity, mi, kinds=None, rotations=0.0, r
         },
         "by_kind": {"correlation": by_kind(correlation), "velocity": by_kind(velocity)},
         "correlation_rises_with_depth": rho,
-        "rotations": {"nulls": {"ar1": {"frac_beyond95": rotations}}},
+        "rotations": {
+            "nulls": {
+                "ar1": {
+                    "frac_beyond95": rotations,
+                    "binom_p_beyond95": 1e-6 if rotations > 0.2 else 0.5,
+                }
+            }
+        },
     }
 
 
@@ -113,7 +120,12 @@ def test_claims_read_the_paper_signatures_from_a_summary():
     assert got["velocity_late"] == (1.0, True)
     # velocity within (0.5, 1, 24) mean 8.5 vs cross (2, 5) mean 3.5: within is faster here
     assert got["velocity_cross"] == (pytest.approx(5.0), False)
-    assert got["mi_drop"] == (pytest.approx(1.0 / 4.3), True)
+    # the median of the later transitions (1.35) against t0, not their minimum
+    assert got["mi_drop"] == (pytest.approx(1.35 / 4.3), True)
+    one_dip = summary_with(
+        correlation=[0.85] * 5, cosine=[0.5] * 5, velocity=[1.0] * 5, mi=[4.3, 4.0, 1.0, 4.1, 4.2]
+    )
+    assert evaluate(one_dip, None)["mi_drop"] == (pytest.approx(4.05 / 4.3), False)
     assert got["rotations"] == (0.5, True)
     # Figures 3-4 switched off: not comparable, not a crash and not a pass.
     assert got["cae_ev_rises"] == (None, None) and got["teleports"] == (None, None)
@@ -162,6 +174,15 @@ def test_controls_are_the_untrained_twin_and_the_shuffled_texts_the_runs_record(
     }
     assert controls("m_random", "d") == {"shuffled tokens": ("m_random", "d_shuf")}
     assert controls("m", "d_shuf") == {"untrained twin": ("m_random", "d_shuf")}
+    # the negative-control recordings made from a store (config verdicts.controls)
+    with_walk = controls_of(
+        config["models"],
+        config["datasets"],
+        [*recordings(config), ("m", "d--random_walk")],
+        "m",
+        "d",
+    )
+    assert with_walk["random walk"] == ("m", "d--random_walk")
     config["runs"] = [{"models": ["m"], "datasets": ["d"]}]  # controls defined but not recorded
     assert controls("m", "d") == {}
 

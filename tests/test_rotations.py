@@ -17,6 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from residual_dynamics.analysis.rotation_power import (
+    CALIBRATION,
+    PLANTED_KINDS,
+    binomial_interval,
+    every_null_rule,
+    planted_units,
+)
 from residual_dynamics.analysis.rotations import (
     SURROGATE_KINDS,
     compare_to_null,
@@ -24,6 +31,7 @@ from residual_dynamics.analysis.rotations import (
     phase_portrait,
     rotation_count,
     rotation_summary,
+    rotation_testable,
     surrogate_null,
     surrogate_sequences,
 )
@@ -322,7 +330,7 @@ def test_compare_to_null_degenerate_null():
 def test_rotation_summary_calibration_on_random_walks():
     """Units that ARE random walks: the matched surrogate flags about 5 %, the paper's null ~all."""
     walks = np.cumsum(np.random.default_rng(11).standard_normal((64, 300)), axis=0)
-    out = rotation_summary(walks, n_perm=200, n_surrogates=200, seed=1)
+    out = rotation_summary(walks, n_perm=200, n_surrogates=200, seed=1, calibrate=False)
     summ = out["summary"]
     json.dumps(summ, allow_nan=False)
     assert summ["n_units"] == 300 and summ["n_sublayers"] == 64
@@ -335,5 +343,168 @@ def test_rotation_summary_calibration_on_random_walks():
     assert abs(summ["nulls"]["pair_shuffle"]["null_mean_r"]) < 0.2
     assert 0.01 < summ["nulls"]["random_walk"]["frac_beyond95"] < 0.12
     assert abs(summ["nulls"]["random_walk"]["mean_z"]) < 0.3
-    again = rotation_summary(walks, n_perm=200, n_surrogates=200, seed=1)
+    again = rotation_summary(walks, n_perm=200, n_surrogates=200, seed=1, calibrate=False)
     assert again["summary"] == summ
+
+
+# --- the every-null rule, planted positives and negatives, the runtime power check --------------
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (10, 10), (3, 20), (15, 300), (1, 1), (117, 384)])
+def test_binomial_interval_is_clopper_pearson(k, n):
+    low, high = binomial_interval(k, n)
+    ref = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    assert low == pytest.approx(ref.low, abs=1e-12) and high == pytest.approx(ref.high, abs=1e-12)
+    # Closed forms at the edges: P(X = 0 | p = high) = 0.025 and P(X = n | p = low) = 0.025.
+    if k == 0:
+        assert low == 0.0 and high == pytest.approx(1.0 - 0.025 ** (1.0 / n), rel=1e-12)
+    if k == n:
+        assert high == 1.0 and low == pytest.approx(0.025 ** (1.0 / n), rel=1e-12)
+    # At the ends of the interval the observed count sits at a 2.5 % tail.
+    if 0 < k < n:
+        assert stats.binom.sf(k - 1, n, low) == pytest.approx(0.025, rel=1e-9)
+        assert stats.binom.cdf(k, n, high) == pytest.approx(0.025, rel=1e-9)
+    with pytest.raises(ValueError):
+        binomial_interval(n + 1, n)
+
+
+@pytest.mark.parametrize("n", [20, 300])
+def test_binomial_interval_coverage_is_at_least_95_percent(n):
+    """Exact coverage (a sum over every possible count) for true fractions from 0.01 to 0.99."""
+    bounds = np.array([binomial_interval(k, n) for k in range(n + 1)])
+    for p in np.linspace(0.01, 0.99, 41):
+        covers = (bounds[:, 0] <= p) & (p <= bounds[:, 1])
+        assert stats.binom.pmf(np.arange(n + 1), n, p)[covers].sum() >= 0.95 - 1e-12
+
+
+def test_compare_to_null_reports_count_interval_and_exact_one_sided_p():
+    rng = np.random.default_rng(12)
+    null = rng.standard_normal((200, 50))
+    r = np.where(np.arange(50) < 9, 10.0, 0.0)  # 9 units far beyond, the rest at the centre
+    summ = compare_to_null(r, null)["summary"]
+    assert summ["n_beyond95"] == 9 and summ["frac_beyond95"] == pytest.approx(9 / 50)
+    assert summ["binom_p_beyond95"] == pytest.approx(
+        stats.binomtest(9, 50, 0.05, alternative="greater").pvalue, rel=1e-12
+    )
+    assert summ["frac_beyond95_ci95"] == pytest.approx(list(binomial_interval(9, 50)))
+    json.dumps(summ, allow_nan=False)
+
+
+def _null(k, n):
+    low, high = binomial_interval(k, n)
+    p = stats.binomtest(k, n, 0.05, alternative="greater").pvalue
+    return {
+        "n_units": n,
+        "n_beyond95": k,
+        "frac_beyond95": k / n,
+        "frac_beyond95_ci95": [low, high],
+        "binom_p_beyond95": p,
+    }
+
+
+def test_every_null_rule_needs_every_null_with_bonferroni_and_the_interval():
+    clear = _null(60, 200)
+    rule = every_null_rule({"random_walk": _null(150, 200), "ar1": clear, "phase": _null(40, 200)})
+    assert rule["passes_every_null"] and rule["null"] == "phase"
+    assert rule["frac_beyond95"] == pytest.approx(0.2) and rule["alpha_per_null"] == 0.05 / 3
+    # The most lenient null passing is not enough (the old rule): i.i.d. noise's 78 / 4 / 6 %.
+    noise = {"random_walk": _null(234, 300), "ar1": _null(12, 300), "phase": _null(18, 300)}
+    rule = every_null_rule(noise)
+    assert not rule["passes_every_null"] and rule["null"] == "ar1"
+    assert rule["passes"] == {"random_walk": True, "ar1": False, "phase": False}
+    # 17 of 200: one-sided p of about 0.02 passes 0.05 but not 0.05 / 3.
+    weak = _null(17, 200)
+    assert 0.05 / 3 < weak["binom_p_beyond95"] < 0.05
+    assert not every_null_rule({"random_walk": clear, "ar1": clear, "phase": weak})["passes"][
+        "phase"
+    ]
+    # A tiny p with an interval reaching down to 5 % fails too (the interval is checked).
+    low_ci = dict(clear, binom_p_beyond95=1e-6, frac_beyond95_ci95=[0.04, 0.5])
+    assert not every_null_rule({"random_walk": clear, "ar1": clear, "phase": low_ci})[
+        "passes_every_null"
+    ]
+    # A missing null fails.
+    assert not every_null_rule({"random_walk": clear, "ar1": clear})["passes_every_null"]
+
+
+def test_planted_units_shapes_determinism_and_errors():
+    for kind in PLANTED_KINDS:
+        a = planted_units(kind, 13, 7, np.random.default_rng(1))
+        assert a.shape == (13, 7) and np.isfinite(a).all()
+        assert np.array_equal(a, planted_units(kind, 13, 7, np.random.default_rng(1)))
+    with pytest.raises(ValueError):
+        planted_units("spiral", 13, 7, np.random.default_rng(1))
+    with pytest.raises(TypeError):
+        planted_units("white", 13, 7, np.random.default_rng(1), cycles=3)
+    # A clean sinusoid of 3 cycles over 12 sublayers: |R| = 2.4, as the issue measured.
+    sine = planted_units("sinusoid", 12, 50, np.random.default_rng(2), cycles=3)
+    assert np.abs(rotation_count(*phase_portrait(sine))).mean() == pytest.approx(2.4, abs=0.05)
+
+
+def _rule(means, **kwargs):
+    out = rotation_summary(means, n_perm=10, n_surrogates=200, seed=3, calibrate=False, **kwargs)
+    json.dumps(out["summary"], allow_nan=False)
+    return out["summary"]
+
+
+def test_iid_noise_fails_the_every_null_rule():
+    """The issue's case: about 78 % beyond the random-walk null, but not beyond AR(1) or phase."""
+    noise = np.random.default_rng(13).standard_normal((64, 300))
+    summ = _rule(noise)
+    assert summ["nulls"]["random_walk"]["frac_beyond95"] > 0.6
+    assert summ["strictest"]["null"] in ("ar1", "phase")
+    assert summ["strictest"]["frac_beyond95"] < 0.1
+    assert not summ["strictest"]["passes_every_null"]
+    assert summ["strictest"]["passes"]["random_walk"]
+
+
+@pytest.mark.parametrize("growth", [1.0, 4.0])
+def test_random_walks_fail_the_every_null_rule(growth):
+    walks = planted_units("random_walk", 64, 300, np.random.default_rng(14), growth=growth)
+    summ = _rule(walks)
+    assert not summ["strictest"]["passes_every_null"]
+    assert summ["strictest"]["frac_beyond95"] < 0.1
+
+
+def test_fast_spirals_pass_the_every_null_rule_at_64_sublayers():
+    """The power study's best case for R: noiseless damped spirals turning 150-170 degrees per
+    sublayer register beyond every null at 64 sublayers (slow orbits never do)."""
+    rng = np.random.default_rng(15)
+    fast = planted_units("damped_spiral", 64, 200, rng, degrees=(150, 170), process_sd=0.0)
+    summ = _rule(fast)
+    assert summ["strictest"]["passes_every_null"]
+    assert summ["strictest"]["frac_beyond95_ci95"][0] > 0.3
+    slow = planted_units("sinusoid", 64, 200, rng, cycles=3)
+    assert not _rule(slow)["strictest"]["passes_every_null"]
+
+
+def test_testable_is_false_at_12_sublayers_with_the_default_planted_set():
+    out = rotation_testable(12, 384, n_surrogates=200, seed=0)
+    json.dumps(out, allow_nan=False)
+    assert out["value"] is False and out["power"] < 0.5
+    assert out["reason"].startswith("not testable with the paper's measure at 12 sublayers")
+    assert out["n_units"] == 200 and out["n_sublayers"] == 12
+    assert "SNR 10" in out["planted"]
+    assert out == rotation_testable(12, 384, n_surrogates=200, seed=0)
+
+
+def test_testable_is_true_at_64_sublayers_on_noiseless_fast_spirals():
+    out = rotation_testable(64, 150, seed=1, planted={**CALIBRATION, "snr": None})
+    assert out["value"] is True and out["power"] >= 0.5 and out["passes_every_null"]
+    assert out["n_units"] == 150 and "no observation noise" in out["planted"]
+
+
+def test_rotation_summary_new_keys_and_unchanged_draws():
+    walks = _test_means(n_sub=13, n_units=40)
+    out = rotation_summary(walks, n_perm=50, n_surrogates=60, seed=5)
+    summ = out["summary"]
+    json.dumps(summ, allow_nan=False)
+    assert set(summ["strictest"]) >= {"null", "frac_beyond95_ci95", "passes", "passes_every_null"}
+    assert summ["passes_every_null"] == summ["strictest"]["passes_every_null"]
+    assert set(summ["testable"]) >= {"value", "reason", "power", "planted"}
+    assert summ["testable"]["n_units"] == 40 and summ["testable"]["n_sublayers"] == 13
+    # The calibration draws from its own seed: the nulls are those of a run without it.
+    bare = rotation_summary(walks, n_perm=50, n_surrogates=60, seed=5, calibrate=False)
+    assert bare["summary"]["testable"] is None
+    for name, draws in out["r_null"].items():
+        assert np.array_equal(draws, bare["r_null"][name]), name

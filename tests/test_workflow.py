@@ -32,7 +32,8 @@ MODULES_OFF = {
     "embedding_space": {"enabled": False},
 }
 
-pytestmark = pytest.mark.slow
+# The tiny run's fixture (about 100 jobs) is set up inside the first test that uses it.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -42,7 +43,7 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
         capture_output=True,
         text=True,
         env=env,
-        timeout=900,
+        timeout=1500,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
@@ -182,6 +183,41 @@ def test_run_produces_stores_figures_and_report(tiny_run):
     assert not list((work / "results" / "activations").rglob("*.shards/*.zarr"))
     assert not list((work / "results").rglob("*.partial"))
     assert "post-norm" in page  # MiniLM is post-norm and the report says so
+
+
+def test_claims_json_judges_every_recording_against_its_controls(tiny_run):
+    """claims.json: one record per recording and claim, decided against the controls the run
+    made (the matched random walks of tiny_llama's and MiniLM's stores, the untrained twin), with
+    intervals; the grid on the page shows the same words."""
+    from residual_dynamics.paper.claims import CLAIMS
+
+    work, _, _ = tiny_run
+    claims = json.loads((work / "results" / "report" / "claims.json").read_text())
+    records = {(r["model"], r["dataset"], r["claim"]): r for r in claims["records"]}
+    recordings = {(m, d) for m, d, _ in records}
+    assert recordings == {
+        ("tiny_llama", "texts"),
+        ("tiny_llama", "texts_shuffled"),
+        ("tiny_llama_untrained", "texts"),
+        ("minilm", "texts"),
+    }
+    assert len(records) == 4 * len(CLAIMS)
+    for walk in ("tiny_llama", "minilm"):
+        assert (
+            work / "results" / "summaries" / walk / "texts--random_walk" / "summary.json"
+        ).exists()
+    for record in claims["records"]:
+        assert record["verdict"] in claims["verdicts"] and record["decided_by"]
+        if record["ci"] is not None:
+            assert record["ci"][0] <= record["ci"][1]
+    corr = records["tiny_llama", "texts", "corr_early"]
+    assert set(corr["controls"]) == {"untrained twin", "random walk"}
+    assert corr["ci"] is not None
+    # tiny_llama has random weights (.test/make_inputs.py): teleports where nothing is trained
+    # to recover must not read "reproduced"
+    assert records["tiny_llama", "texts", "teleports"]["verdict"] != "reproduced"
+    page = (work / "results" / "report" / "index.html").read_text()
+    assert "not specific" in page or "not comparable" in page
 
 
 def test_sharded_store_equals_a_single_extraction(tiny_run, monkeypatch):

@@ -8,6 +8,8 @@ from snakemake.logging import logger
 
 from residual_dynamics.config.schema import (
     ConfigError,
+    control_recordings,
+    split_control,
     embedded_config,
     model_key,
     models_in_use,
@@ -25,6 +27,11 @@ except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 RECORDINGS = recordings(config)
+# Negative-control recordings (model, dataset--kind) made from the stores (config verdicts), which
+# the statistics, MI, rotation and PCA rules analyse as they do recordings.
+CONTROL_RECORDINGS = control_recordings(config)
+# A recorded dataset's name: no '--' (that marks a control recording).
+RECORDED_DATASET = "[A-Za-z0-9](-?[A-Za-z0-9_])*-?"
 # Models some run records or some switched-on module lists: only these are built.
 MODELS_IN_USE = models_in_use(config)
 RESULTS = "results"
@@ -89,11 +96,55 @@ def shard_stores(wildcards):
     ]
 
 
-def per_recording(pattern):
-    return [pattern.format(model=m, dataset=d) for m, d in RECORDINGS]
+def per_recording(pattern, pairs=None):
+    return [
+        pattern.format(model=m, dataset=d)
+        for m, d in (RECORDINGS if pairs is None else pairs)
+    ]
+
+
+def model_analysis(section, path):
+    """An input function: ``path`` for a recording when ``section`` is on; nothing for a control
+    recording (CAE and perturbations need the model's own store)."""
+
+    def inputs(wildcards):
+        if not section["enabled"] or split_control(wildcards.dataset)[1]:
+            return []
+        return [path.format(model=wildcards.model, dataset=wildcards.dataset)]
+
+    return inputs
 
 
 def if_enabled(section, path):
     """The one way a module is switched on: its outputs are asked for (a list of ``path``) only
     when its config section says ``enabled: true``. Its rules are always defined."""
     return [path] if section["enabled"] else []
+
+
+def pairs_of(pattern, pairs):
+    """``pattern`` for each (model, dataset) of ``pairs``."""
+    return [pattern.format(model=m, dataset=d) for m, d in pairs]
+
+
+# Input functions of the rules beyond the paper (workflow/rules/beyond.smk).
+def beyond_twin(wildcards):
+    """The untrained twin drawn beside a recording (beyond/config.py twin_of), or None."""
+    from residual_dynamics.beyond.config import twin_of
+
+    return twin_of(config, wildcards.model, wildcards.dataset)
+
+
+def beyond_result(pattern, planned=None, twin=False):
+    """An input function: ``pattern`` for the recording, or for its untrained twin; nothing where
+    there is no twin or the recording is not among ``planned`` (its analysis does not run).
+    """
+
+    def inputs(wildcards):
+        model = beyond_twin(wildcards) if twin else wildcards.model
+        if model is None or (
+            planned is not None and (model, wildcards.dataset) not in planned
+        ):
+            return []
+        return [pattern.format(model=model, dataset=wildcards.dataset)]
+
+    return inputs

@@ -34,6 +34,9 @@ rule merge_shards:
         store=directory(f"{RESULTS}/activations/{{model}}/{{dataset}}.zarr"),
     log:
         f"{RESULTS}/logs/merge_shards/{{model}}/{{dataset}}.log",
+    wildcard_constraints:
+        # a recorded dataset: 'name--kind' stores are negative controls (controls.smk)
+        dataset=RECORDED_DATASET,
     conda:
         "../../envs/analysis.yaml"
     threads: 1

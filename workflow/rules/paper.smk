@@ -27,8 +27,8 @@ rule reduction_summary:
     """The numbers of Figures 3 and 4 in one JSON, which the report reads."""
     input:
         pca=rules.pca.output.pca,
-        cae=if_enabled(config["cae"], rules.train_cae.output.cae),
-        perturbation=if_enabled(
+        cae=model_analysis(config["cae"], rules.train_cae.output.cae),
+        perturbation=model_analysis(
             config["perturbation"], rules.perturb.output.perturbation
         ),
     output:
@@ -42,6 +42,35 @@ rule reduction_summary:
         mem_mb=2000,
     script:
         "../scripts/reduction_summary.py"
+
+
+rule claims:
+    """Every claim's verdict on every recording, as a contrast with its controls (untrained twin,
+    negative-control recordings) with bootstrap intervals: results/report/claims.json.
+    """
+    input:
+        summaries=per_recording(
+            rules.summary.output.summary, RECORDINGS + CONTROL_RECORDINGS
+        ),
+        reductions=per_recording(
+            rules.reduction_summary.output.summary, RECORDINGS + CONTROL_RECORDINGS
+        ),
+    output:
+        claims=f"{RESULTS}/report/claims.json",
+    log:
+        f"{RESULTS}/logs/claims.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        recordings=RECORDINGS,
+        analysed=RECORDINGS + CONTROL_RECORDINGS,
+        models=config["models"],
+        datasets=config["datasets"],
+    script:
+        "../scripts/claims.py"
 
 
 rule figure_1:

@@ -30,6 +30,14 @@ rule report:
         means=per_recording(rules.unit_means.output.means),
         summaries=per_recording(rules.summary.output.summary),
         reductions=per_recording(rules.reduction_summary.output.summary),
+        # The negative-control recordings' summaries, for the controls tables.
+        control_summaries=per_recording(
+            rules.summary.output.summary, CONTROL_RECORDINGS
+        ),
+        control_reductions=per_recording(
+            rules.reduction_summary.output.summary, CONTROL_RECORDINGS
+        ),
+        claims=rules.claims.output.claims,
         # One named input per panel (fig1b, ...), each listing the recordings in RECORDINGS' order.
         sections=REPORT_SECTIONS,
         comparison=rules.comparison_figure.output.png,
@@ -44,6 +52,7 @@ rule report:
         mem_mb=2000,
     params:
         recordings=RECORDINGS,
+        control_recordings=CONTROL_RECORDINGS,
         panels=PANELS,
         title=config["report"]["title"],
         models=config["models"],

@@ -38,6 +38,7 @@ rule transition_statistics:
         sublayers=config["analysis"]["sublayers"],
         statistics=config["statistics"],
         dask=config["dask"],
+        verdicts=config["verdicts"],
     script:
         "../scripts/transition_statistics.py"
 
@@ -62,6 +63,7 @@ rule mutual_information:
     params:
         sublayers=config["analysis"]["sublayers"],
         settings=config["mutual_information"],
+        verdicts=config["verdicts"],
     script:
         "../scripts/mutual_information.py"
 

@@ -19,5 +19,7 @@ mi = transition_mutual_information(
     ksg_units=settings["ksg_units"],
     device=settings["device"],
     seed=settings["seed"],
+    bootstrap=snakemake.params.verdicts["mi_bootstrap"],
+    bootstrap_units=snakemake.params.verdicts["mi_units"],
 )
 write_dataset_atomic(mi, snakemake.output.mi)

@@ -30,7 +30,17 @@ summaries = {
 reductions = {
     r: json.loads(Path(p).read_text()) for r, p in zip(recordings, sm.input.reductions, strict=True)
 }
-claims = {r: evaluate(summaries[r], reductions[r]) for r in recordings}
+control_recordings = [tuple(r) for r in sm.params.control_recordings]
+for pairs, paths, into in (
+    (control_recordings, sm.input.control_summaries, summaries),
+    (control_recordings, sm.input.control_reductions, reductions),
+):
+    into.update({r: json.loads(Path(p).read_text()) for r, p in zip(pairs, paths, strict=True)})
+analysed = recordings + control_recordings
+claims = {r: evaluate(summaries[r], reductions[r]) for r in analysed}
+verdicts = {}
+for record in json.loads(Path(sm.input.claims).read_text())["records"]:
+    verdicts.setdefault((record["model"], record["dataset"]), {})[record["claim"]] = record
 sections = []
 # Each panel is a named input listing that panel for every recording, in the order of recordings.
 for index, ((model, dataset), store, means) in enumerate(
@@ -39,14 +49,14 @@ for index, ((model, dataset), store, means) in enumerate(
     captions = panel_captions(summaries[model, dataset])
     captions |= reduction_captions(reductions[model, dataset])
     captions["fig1b"] = (captions["fig1b"][0], mean_activation_caption(xr.open_zarr(means).load()))
-    captions = add_claim_verdicts(captions, claims[model, dataset])
+    captions = add_claim_verdicts(captions, claims[model, dataset], verdicts.get((model, dataset)))
     figures = [
         Figure(Path(sm.input[panel][index]), *captions[panel], panel) for panel in sm.params.panels
     ]
     controls = {
         label: (pair, claims[pair])
         for label, pair in controls_of(
-            sm.params.models, sm.params.datasets, recordings, model, dataset
+            sm.params.models, sm.params.datasets, analysed, model, dataset
         ).items()
     }
     sections.append(
@@ -57,6 +67,7 @@ for index, ((model, dataset), store, means) in enumerate(
             figures=figures,
             claims=claims[model, dataset],
             controls=controls,
+            verdicts=verdicts.get((model, dataset), {}),
         )
     )
 page = render(

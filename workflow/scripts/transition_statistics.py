@@ -13,6 +13,8 @@ def main(sm) -> None:
             sm.input.store,
             sublayers=sm.params.sublayers,
             block_rows=sm.params.statistics["block_rows"],
+            bootstrap=sm.params.verdicts["bootstrap"],
+            seed=sm.params.verdicts["seed"],
         )
     write_dataset_atomic(stats, sm.output.stats)
 

@@ -354,3 +354,86 @@ def local_dynamics(
         },
     )
     return summarise_lyapunov(dynamics, seed=seed)
+
+
+def store_position(positions) -> int:
+    """The token position a store records that the Jacobians are taken at: the last token for
+    positions 'last' and 'all', else the first listed position (negative: from the end)."""
+    return -1 if isinstance(positions, str) else int(list(positions)[0])
+
+
+def run_local_dynamics(
+    *,
+    model_name: str,
+    model_spec: dict,
+    store_path,
+    dataset_path,
+    settings: dict,
+    include_final: bool = True,
+    progress: bool = True,
+) -> xr.Dataset:
+    """What the local_dynamics rule does: a seeded sample of the dataset's texts, tokenised as
+    the store's extraction did (its ``add_bos``, ``max_tokens`` and position rule), through
+    :func:`local_dynamics` on the model loaded in ``settings["dtype"]``.
+
+    ``settings``: the config's ``beyond.jacobians`` (n_texts, k, lyapunov_k, full_max_d, probes,
+    batch, dtype, n_boot, device, seed). Singular values and eigenvalues keep ``k`` entries (dim
+    ``k``), the exponents ``lyapunov_k`` (dim ``exponent``)."""
+    from residual_dynamics.inputs import datasets as ds
+    from residual_dynamics.inputs.models import load_model
+    from residual_dynamics.io.store import open_store
+    from residual_dynamics.recording.extract import dataset_token_ids
+
+    attrs = dict(open_store(store_path).attrs)
+    frame, meta = ds.read_dataset(dataset_path)
+    frame = ds.seeded_sample(frame, settings["n_texts"], settings["seed"])
+    loaded = load_model(model_name, {**model_spec, "dtype": settings["dtype"]}, settings["device"])
+    tokens = dataset_token_ids(
+        loaded.tokenizer,
+        frame,
+        add_bos=bool(attrs.get("add_bos", False)),
+        max_tokens=int(attrs["max_tokens"]),
+        on_overflow="truncate",
+        dataset=str(dataset_path),
+    )
+    position = store_position(attrs.get("positions", "last"))
+    keep = [i for i, ids in enumerate(tokens.ids) if -len(ids) <= position < len(ids)]
+    if not keep:
+        raise ValueError(
+            f"{dataset_path}: no text has a token at position {position} (the store's positions "
+            f"{attrs.get('positions')!r})"
+        )
+    k, lyapunov_k = settings["k"], settings["lyapunov_k"]
+    result = local_dynamics(
+        loaded.model,
+        [tokens.ids[i] for i in keep],
+        text_ids=frame["text_id"].to_numpy(np.int64)[keep],
+        k=max(k, lyapunov_k),
+        position=position,
+        include_final=include_final,
+        full_max_d=settings["full_max_d"],
+        probes=settings["probes"],
+        seed=settings["seed"],
+        batch=settings["batch"],
+        progress=progress,
+    )
+    # The exponents get their own dimension, so each kind keeps its own count.
+    exponents = [v for v in result.data_vars if v.startswith("lyapunov") or v == "stretch"]
+    lyapunov = summarise_lyapunov(
+        result[["lyapunov", "stretch"]].isel(k=slice(0, lyapunov_k)),
+        n_boot=settings["n_boot"],
+        seed=settings["seed"],
+    ).rename(k="exponent")
+    spectra = result.drop_vars(exponents).isel(k=slice(0, k))
+    result = xr.merge([spectra, lyapunov], combine_attrs="override")
+    result.attrs.update(
+        model=model_name,
+        model_source=loaded.source,
+        dataset=str(dataset_path),
+        dataset_hash=str(meta.get("texts_hash")),
+        n_texts=len(keep),
+        k=result.sizes["k"],
+        lyapunov_k=result.sizes["exponent"],
+        n_boot=settings["n_boot"],
+    )
+    return result

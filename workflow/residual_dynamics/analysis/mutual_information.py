@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 from tqdm import tqdm
 
+from residual_dynamics.analysis.bootstrap import resample_indices
 from residual_dynamics.analysis.mi_estimators import mi_gaussian, mi_kde, mi_ksg
 from residual_dynamics.analysis.transitions import transition_kind
 from residual_dynamics.analysis.unit_means import analysed_sublayers
@@ -35,9 +36,18 @@ def transition_mutual_information(
     ksg_units: int = 64,
     device: str = "auto",
     seed: int = 0,
+    bootstrap: int = 0,
+    bootstrap_units: int = 64,
     progress: bool = True,
 ) -> xr.Dataset:
-    """MI (nats) per transition and unit: KDE on a grid (the paper's), Gaussian-from-r, KSG."""
+    """MI (nats) per transition and unit: KDE on a grid (the paper's), Gaussian-from-r, KSG.
+
+    With ``bootstrap`` replicates, also ``mi_boot`` (replicate, transition): the curve (the mean
+    over units of the KDE MI) on texts resampled by analysis.bootstrap's shared plan (the same
+    for every recording with as many texts and the same seed: paired). Each replicate re-runs the
+    KDE, so it runs on a seeded subset of ``bootstrap_units`` units and is centred on the full
+    curve: replicate = full mean + (subset mean on the resample - subset mean on the texts). The
+    spread of a mean over fewer units is the larger one, so the interval errs wide."""
     group = open_store(store_path)
     resid = group["resid"]
     keep = analysed_sublayers(group, sublayers)
@@ -59,6 +69,13 @@ def transition_mutual_information(
             resid.get_orthogonal_selection((rows, keep[index], slice(None))), np.float64
         )
 
+    boot_rows = resample_indices(len(rows), bootstrap, seed) if bootstrap else None
+    boot_units = (
+        np.sort(np.random.default_rng([seed, d, 2]).choice(d, min(bootstrap_units, d), False))
+        if bootstrap
+        else None
+    )
+    mi_boot = np.full((bootstrap, t_count), np.nan)
     current = sublayer(0)
     bar = tqdm(
         range(t_count),
@@ -73,6 +90,21 @@ def transition_mutual_information(
         gauss[t] = mi_gaussian(current, following)
         if len(ksg_set):
             ksg[t] = mi_ksg(current[:, ksg_set], following[:, ksg_set])
+        if bootstrap:
+            x, y = current[:, boot_units], following[:, boot_units]
+            full = np.nanmean(kde[t]) if np.isfinite(kde[t]).any() else np.nan
+            offset = full - np.nanmean(kde[t][boot_units])
+            # every replicate's units side by side as columns: one batched KDE call
+            values = mi_kde(
+                np.concatenate([x[idx] for idx in boot_rows], axis=1),
+                np.concatenate([y[idx] for idx in boot_rows], axis=1),
+                grid=grid,
+                bandwidth=bandwidth,
+                pad=pad,
+                device=device,
+            ).reshape(bootstrap, -1)
+            defined = np.isfinite(values).any(axis=1)
+            mi_boot[defined, t] = np.nanmean(values[defined], axis=1) + offset
         current = following
     undefined = ~np.isfinite(kde)
     if undefined.any():
@@ -88,6 +120,7 @@ def transition_mutual_information(
             "mi_gaussian": (("transition", "unit"), gauss),
             "mi_ksg": (("transition", "ksg_unit"), ksg),
             "undefined": (("transition", "unit"), undefined),
+            **({"mi_boot": (("replicate", "transition"), mi_boot)} if bootstrap else {}),
         },
         coords={
             "transition": np.arange(t_count),
@@ -104,5 +137,8 @@ def transition_mutual_information(
             "bandwidth": str(bandwidth),
             "pad": pad,
             "device": device,
+            "bootstrap": int(bootstrap),
+            "bootstrap_units": int(len(boot_units)) if bootstrap else 0,
+            "bootstrap_seed": int(seed),
         },
     )

@@ -8,18 +8,11 @@ the blocks from l on. A forward pre-hook on block l writes the vectors; the resi
 hooked from layer l on, records what follows. Rows before layer l are the control's, by
 construction (a test checks this against a full forward pass).
 
-Recovery: the paper says teleports at mid-depth layers "recover" (end near the control, with low
-spread) while first- and last-layer teleports do not, but defines no number. Here, per layer:
-
-- ``start_distance``: mean |h_pert - h_ctrl| at the perturbed sublayer (how far points were sent);
-- ``distance_after``: the same ``horizon`` sublayers later (clipped at the last sublayer), and
-  ``remaining`` = distance_after / start_distance (below 1: pulled back towards the control);
-- ``end_distance``, ``end_mse``: at the last analysed sublayer, mean distance and mean squared
-  error per unit to the control;
-- ``start_spread_pc``, ``end_spread_pc``: RMS distance of the points from their centroid in
-  PC1/PC2 (the grid's spread, then the end points'), and ``end_spread_ratio`` between them;
-- for causal models, ``kl``: mean KL(p_control || p_perturbed) of the next-token distribution,
-  and ``top1_same``: the share of points whose top next token is the control's.
+Recovery (analysis.recovery): per perturbed layer, how far the teleported points are from the
+unperturbed trajectory ``horizon`` sublayers later, relative to how far they were sent
+(``remaining``: 1 nothing recovered, 0 fully back), for the control prompt (Figure 4D's arrows) and
+for a seeded sample of dataset texts (``teleport_texts``), whose per-text values decide the
+claim with a bootstrap interval over texts (``recovery_summary``).
 """
 
 from __future__ import annotations
@@ -33,23 +26,17 @@ import torch
 import xarray as xr
 from torch import nn
 
+from residual_dynamics.analysis.recovery import (  # noqa: F401 (re-exported)
+    DEFAULT_REPLICATES,
+    MEASURES,
+    recovery_measures,
+    recovery_summary,
+)
 from residual_dynamics.recording.hooks import ResidualRecorder, architecture_for, first_tensor
 
 log = logging.getLogger(__name__)
 
 PAPER_LAYERS = (0, 7, 15, 23, 31)  # of Llama 3.1 8B's 32
-MEASURES = (
-    "start_distance",
-    "distance_after",
-    "remaining",
-    "end_distance",
-    "end_mse",
-    "start_spread_pc",
-    "end_spread_pc",
-    "end_spread_ratio",
-    "kl",
-    "top1_same",
-)
 
 
 class PerturbationError(ValueError):
@@ -210,50 +197,6 @@ class Reentry:
         return rows, logits
 
 
-def _kl(control: torch.Tensor, perturbed: torch.Tensor) -> np.ndarray:
-    p = torch.log_softmax(control.double(), -1)
-    q = torch.log_softmax(perturbed.double(), -1)
-    return (p.exp() * (p - q)).sum(-1).numpy()
-
-
-def recovery_measures(
-    rows: np.ndarray,
-    control: np.ndarray,
-    start: int,
-    horizon: int,
-    project,
-    logits: torch.Tensor | None = None,
-    control_logits: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """The measures in the module docstring, for B perturbed rows (B, S, D) against (S, D)."""
-    after = min(start + horizon, rows.shape[1] - 1)
-    dist = np.linalg.norm(rows - control[None], axis=-1)  # (B, S)
-    start_pc, end_pc = project(rows[:, start]), project(rows[:, -1])
-
-    def spread(points):
-        return float(np.sqrt(((points - points.mean(axis=0)) ** 2).sum(axis=1).mean()))
-
-    out = {
-        "start_distance": float(dist[:, start].mean()),
-        "distance_after": float(dist[:, after].mean()),
-        "end_distance": float(dist[:, -1].mean()),
-        "end_mse": float(((rows[:, -1] - control[-1]) ** 2).mean()),
-        "start_spread_pc": spread(start_pc),
-        "end_spread_pc": spread(end_pc),
-        "kl": float("nan"),
-        "top1_same": float("nan"),
-    }
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["remaining"] = out["distance_after"] / out["start_distance"]
-        out["end_spread_ratio"] = out["end_spread_pc"] / out["start_spread_pc"]
-    if logits is not None and control_logits is not None:
-        out["kl"] = float(_kl(control_logits[None].cpu(), logits.cpu()).mean())
-        out["top1_same"] = float(
-            (logits.argmax(-1).cpu() == control_logits.argmax(-1).cpu()).float().mean()
-        )
-    return out
-
-
 @dataclass
 class PcaBasis:
     mean: np.ndarray  # (D,)
@@ -313,6 +256,31 @@ def perturb_sequence(
     }
 
 
+def teleport_texts(
+    model,
+    sequences,
+    basis: PcaBasis,
+    layers: list[int],
+    grid: np.ndarray,
+    horizon: int,
+    *,
+    include_final: bool = True,
+    progress: bool = False,
+) -> np.ndarray:
+    """(n_texts, n_layers, n_measures) teleport measures of each token sequence: the ``grid``
+    written over its own last token at each layer, measured against its own unperturbed states
+    (per-text ``remaining`` distances: analysis.recovery)."""
+    from tqdm.auto import tqdm
+
+    out = np.full((len(sequences), len(layers), len(MEASURES)), np.nan)
+    for i, seq in enumerate(
+        tqdm(sequences, desc="teleports on dataset texts", disable=not progress)
+    ):
+        reentry = Reentry(model, seq, include_final=include_final)
+        out[i] = perturb_sequence(reentry, basis, layers, grid, horizon)["measures"][0]
+    return out
+
+
 def perturbation_dataset(
     result: dict,
     layers: list[int],
@@ -320,7 +288,14 @@ def perturbation_dataset(
     basis: PcaBasis,
     dataset_measures: np.ndarray | None,
     attrs: dict,
+    text_ids=None,
 ) -> xr.Dataset:
+    """The perturb rule's output. ``dataset_measures`` (text, layer, measure): the teleport
+    measures of each dataset text (``text`` coordinate: ``text_ids``, else 0..n-1)."""
+    coords = {}
+    if dataset_measures is not None:
+        n = len(dataset_measures)
+        coords["text"] = np.arange(n) if text_ids is None else np.asarray(text_ids)
     data = {
         "measures": (("kind", "layer", "measure"), result["measures"]),
         "teleport_path": (("layer", "point", "sublayer", "pc"), result["paths"]),
@@ -338,40 +313,10 @@ def perturbation_dataset(
             "sublayer": basis.sublayers,
             "pc": [1, 2],
             "point": np.arange(len(grid)),
+            **coords,
         },
         attrs=attrs,
     )
-
-
-def recovery_summary(perturbation: xr.Dataset) -> dict:
-    """Per-layer recovery numbers and whether mid-depth teleports recover more (paper's claim)."""
-    teleport = perturbation["measures"].sel(kind="teleport")
-    layers = [int(x) for x in perturbation["layer"].values]
-    table = {
-        str(layer): {m: float(teleport.sel(layer=layer, measure=m)) for m in MEASURES}
-        for layer in layers
-    }
-    out = {"layers": layers, "per_layer": table, "mid_recovers_more": None}
-    if "dataset_measures" in perturbation:
-        mean = perturbation["dataset_measures"].mean("text")
-        out["dataset_per_layer"] = {
-            str(layer): {m: float(mean.sel(layer=layer, measure=m)) for m in MEASURES}
-            for layer in layers
-        }
-    if len(layers) >= 3:
-        verdicts = {}
-        for measure in ("end_mse", "end_spread_ratio", "kl"):
-            values = np.array([table[str(layer)][measure] for layer in layers])
-            if np.isnan(values).all():
-                continue
-            mid = float(np.nanmean(values[1:-1]))
-            edges = float(np.nanmean(values[[0, -1]]))
-            verdicts[measure] = {"mid": mid, "first_last": edges, "mid_lower": bool(mid < edges)}
-        out["verdicts"] = verdicts
-        out["mid_recovers_more"] = (
-            all(v["mid_lower"] for v in verdicts.values()) if verdicts else None
-        )
-    return out
 
 
 def run_perturbations(
@@ -387,8 +332,6 @@ def run_perturbations(
 ) -> xr.Dataset:
     """Everything the perturb rule does: the model, the PCA basis and the settings in, the
     perturbation dataset out. Raises PerturbationError before any work for bad settings."""
-    from tqdm.auto import tqdm
-
     from residual_dynamics.inputs import datasets as ds
     from residual_dynamics.inputs.models import context_window, load_model, model_location
     from residual_dynamics.io.store import open_store
@@ -457,27 +400,37 @@ def run_perturbations(
         seed=settings["seed"],
         **common,
     )
-    dataset_measures = None
+    dataset_measures, text_ids = None, None
+    text_grid_size = settings.get("dataset_grid_size") or settings["grid_size"]
+    replicates = int(settings.get("bootstrap_replicates", DEFAULT_REPLICATES))
     if settings["n_dataset_samples"]:
         frame, _ = ds.read_dataset(dataset_path)
-        picks = np.sort(
-            rng.choice(len(frame), min(settings["n_dataset_samples"], len(frame)), replace=False)
-        )
+        # Its own draw (not after the swaps'): the same texts for a model and its twin.
+        part = ds.seeded_sample(frame, settings["n_dataset_samples"], settings["seed"])
+        text_ids = part["text_id"].to_numpy() if "text_id" in part else None
         ids = dataset_token_ids(
             tokenizer,
-            frame.iloc[picks],
+            part,
             add_bos=add_bos,
             max_tokens=max_tokens,
             on_overflow="truncate",
             dataset=str(dataset_path),
         ).ids
-        dataset_measures = np.stack(
-            [
-                perturb_sequence(Reentry(model, seq, include_final=include_final), basis, **common)[
-                    "measures"
-                ][0]
-                for seq in tqdm(ids, desc="teleports on dataset texts", disable=not progress)
-            ]
+        log.info(
+            "teleports on %d dataset texts, a %d x %d grid each",
+            len(ids),
+            text_grid_size,
+            text_grid_size,
+        )
+        dataset_measures = teleport_texts(
+            model,
+            ids,
+            basis,
+            layers,
+            teleport_grid(text_grid_size, grid_range),
+            settings["horizon"],
+            include_final=include_final,
+            progress=progress,
         )
     attrs = {
         "model": model_name,
@@ -489,5 +442,10 @@ def run_perturbations(
         "grid_size": settings["grid_size"],
         "causal": bool(causal),
         "n_layers": int(config.num_hidden_layers),
+        "dataset_grid_size": int(text_grid_size),
+        "seed": int(settings["seed"]),
+        "bootstrap_replicates": replicates,
     }
-    return perturbation_dataset(result, layers, grid, basis, dataset_measures, attrs)
+    return perturbation_dataset(
+        result, layers, grid, basis, dataset_measures, attrs, text_ids=text_ids
+    )

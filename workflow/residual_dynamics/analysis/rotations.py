@@ -20,6 +20,15 @@ above the axis and left below it). The surrogate nulls here keep each unit's aut
 (a random walk with the unit's step size, a fitted AR(1), a phase-randomised copy with the same
 power spectrum) and ask whether a unit turns more than sequences like it.
 
+A claim that units rotate more than such sequences must pass every one of these nulls
+(``rotation_power.every_null_rule``: an exact one-sided binomial test of the fraction of units
+beyond each null's 95th percentile, Bonferroni over the nulls, and the fraction's 95 % interval
+above 5 %). The power study (``benchmarks/rotation_power.py``) shows what that can register: R
+counts, roughly, half the local extrema of a sequence, so a smooth orbit turns LESS than its noisy
+surrogates, and a phase-randomised copy of a stationary oscillation on the DFT grid is the
+oscillation again. ``rotation_testable`` plants the recipe's best case at a recording's own size
+and says whether the recipe registers it.
+
 All random draws come from ``np.random.default_rng(seed)`` and are made unit by unit in a fixed
 order, so results depend on the seed only, not on how units are chunked to bound memory.
 """
@@ -29,7 +38,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
+
+from residual_dynamics.analysis.rotation_power import (
+    CALIBRATION,
+    CALIBRATION_MAX_UNITS,
+    MIN_POWER,
+    REQUIRED_NULLS,
+    beyond_test,
+    describe_planted,
+    every_null_rule,
+    planted_units,
+)
 
 SURROGATE_KINDS = ("random_walk", "ar1", "phase")
 
@@ -267,8 +286,10 @@ def compare_to_null(r_units: np.ndarray, r_null: np.ndarray) -> dict:
     |R|, ties counted half), ``beyond95`` (|R| above the null's 95th percentile), ``null_mean_abs``,
     ``null_std_abs``, ``null_p95_abs``, and ``summary``, a JSON-ready dict of floats.
 
-    ``binom_p_beyond95`` is the one-sided binomial p-value of the count beyond the 95th percentile
-    against 5 %, treating units as independent (they are not quite; read it as a guide).
+    ``binom_p_beyond95`` is the exact one-sided binomial p-value (``scipy.stats.binomtest``,
+    alternative "greater") of ``n_beyond95``, the count beyond the 95th percentile, against 5 %;
+    ``frac_beyond95_ci95`` is the fraction's two-sided 95 % Clopper-Pearson interval. Both treat
+    units as independent (they are not quite; read them as a guide).
     """
     r_units = np.asarray(r_units, dtype=np.float64)
     r_null = np.asarray(r_null, dtype=np.float64)
@@ -293,7 +314,7 @@ def compare_to_null(r_units: np.ndarray, r_null: np.ndarray) -> dict:
     beyond = a > null_p95
     n_units = a.size
     k = int(beyond.sum())
-    binom_p = stats.binomtest(k, n_units, 0.05, alternative="greater").pvalue if n_units else 1.0
+    test = beyond_test(k, n_units)
     summary = {
         "n_units": n_units,
         "n_null": int(r_null.shape[0]),
@@ -302,9 +323,11 @@ def compare_to_null(r_units: np.ndarray, r_null: np.ndarray) -> dict:
         "null_mean_r": _json_float(r_null.mean()),
         "null_mean_abs_r": _json_float(a_null.mean()),
         "null_std_abs_r": _json_float(a_null.std(ddof=1) if a_null.size > 1 else 0.0),
-        "frac_beyond95": _json_float(k / n_units) if n_units else None,
+        "n_beyond95": k,
+        "frac_beyond95": test["frac_beyond95"],
+        "frac_beyond95_ci95": test["frac_beyond95_ci95"],
         "expected_frac_beyond95": 0.05,
-        "binom_p_beyond95": _json_float(binom_p),
+        "binom_p_beyond95": test["binom_p_beyond95"] if n_units else 1.0,
         "mean_z": _json_float(np.nanmean(z)) if np.isfinite(z).any() else None,
         "median_z": _json_float(np.nanmedian(z)) if np.isfinite(z).any() else None,
         "mean_percentile": _json_float(percentile.mean()),
@@ -320,30 +343,122 @@ def compare_to_null(r_units: np.ndarray, r_null: np.ndarray) -> dict:
     }
 
 
+def _null_summaries(stat: np.ndarray, draws: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """compare_to_null for each null: (per-unit arrays by null, JSON summaries by null)."""
+    per_unit, summaries = {}, {}
+    for name, null in draws.items():
+        cmp = compare_to_null(stat, null)
+        summaries[name] = cmp.pop("summary")
+        per_unit[name] = cmp
+    return per_unit, summaries
+
+
+def rotation_testable(
+    n_sublayers: int,
+    n_units: int,
+    n_surrogates: int = 200,
+    seed: Seed = 0,
+    planted: dict | None = None,
+    max_units: int = CALIBRATION_MAX_UNITS,
+    min_power: float = MIN_POWER,
+) -> dict:
+    """Can the paper's recipe register a planted orbit, at this many sublayers, beyond its nulls?
+
+    Plants ``min(n_units, max_units)`` units of ``planted`` (default ``CALIBRATION``: the power
+    study's best case for R, fast damped spirals with observation noise at SNR 10; a dict with
+    ``kind`` and ``planted_units`` parameters) over ``n_sublayers``, runs R against the random-walk,
+    AR(1) and phase-randomised surrogate nulls with ``n_surrogates`` draws, and applies
+    ``every_null_rule``. ``value`` is True only when every null is passed AND the power (the
+    fraction of planted units beyond the strictest null) is at least ``min_power``; when False,
+    the claim is "not comparable: not testable with the paper's measure at L sublayers" rather
+    than "not reproduced". JSON-ready; depends on the seed, the sizes and ``planted`` only.
+    """
+    spec = dict(CALIBRATION if planted is None else planted)
+    description = describe_planted(spec)
+    kind = spec.pop("kind")
+    n_sub, n = int(n_sublayers), min(int(n_units), int(max_units))
+    if n < 1:
+        raise ValueError(f"need at least one unit, got n_units={n_units}")
+    ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    # Children built by key rather than ss.spawn, which would advance ss between calls.
+    plant_ss, *null_ss = (
+        np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, i))
+        for i in range(1 + len(REQUIRED_NULLS))
+    )
+    means = planted_units(kind, n_sub, n, np.random.default_rng(plant_ss), **spec)
+    r = rotation_count(*phase_portrait(means))
+    draws = {
+        k: surrogate_null(means, k, n=n_surrogates, seed=s)
+        for k, s in zip(REQUIRED_NULLS, null_ss, strict=True)
+    }
+    rule = every_null_rule(_null_summaries(r, draws)[1])
+    power = rule["frac_beyond95"]
+    value = bool(rule["passes_every_null"] and power is not None and power >= min_power)
+    where = f"{power:.0%} of {n} planted units beyond the strictest null ({rule['null']})"
+    if value:
+        reason = f"the paper's measure registers the planted orbits at {n_sub} sublayers: {where}"
+    else:
+        why = []
+        if power is None or power < min_power:
+            why.append(f"power below {min_power:.0%}")
+        failed = [k for k, ok in rule["passes"].items() if not ok]
+        if failed:
+            why.append("the every-null rule fails (" + ", ".join(failed) + ")")
+        reason = (
+            f"not testable with the paper's measure at {n_sub} sublayers: {where}; "
+            + "; ".join(why)
+        )
+    return {
+        "value": value,
+        "reason": reason,
+        "power": power,
+        "power_ci95": rule["frac_beyond95_ci95"],
+        "planted": description,
+        "n_units": n,
+        "n_sublayers": n_sub,
+        "n_surrogates": int(n_surrogates),
+        "min_power": float(min_power),
+        "strictest_null": rule["null"],
+        "passes": rule["passes"],
+        "passes_every_null": rule["passes_every_null"],
+    }
+
+
 def rotation_summary(
-    means: np.ndarray, n_perm: int = 1000, n_surrogates: int = 200, seed: int = 0
+    means: np.ndarray,
+    n_perm: int = 1000,
+    n_surrogates: int = 200,
+    seed: int = 0,
+    calibrate: bool = True,
 ) -> dict:
     """Figure 2 in one call: per-unit R, the paper's pair-shuffle null and the surrogate nulls.
 
-    Returns ``summary`` (JSON-ready: sizes, the units' R statistics and, under ``nulls``, each
-    null's ``compare_to_null`` summary), ``r`` (n_units,) signed, ``per_unit`` (per null: z,
+    Returns ``summary`` (JSON-ready), ``r`` (n_units,) signed, ``per_unit`` (per null: z,
     percentile, beyond95, null_mean_abs, null_std_abs, null_p95_abs) and ``r_null`` (per null:
-    signed R draws, (n_draws, n_units), for the Figure 2B histograms). Each null draws from its own
-    child of ``np.random.SeedSequence(seed)``, so adding a null does not change the others.
+    signed R draws, (n_draws, n_units), for the Figure 2B histograms).
+
+    ``summary`` holds sizes, the units' R statistics and:
+
+    * ``nulls``: each null's ``compare_to_null`` summary (count, fraction, exact one-sided
+      binomial p and 95 % Clopper-Pearson interval of the units beyond its 95th percentile);
+    * ``strictest``: ``every_null_rule`` over the random-walk, AR(1) and phase nulls: the null
+      with the smallest fraction and ``passes_every_null`` (repeated at the top level);
+    * ``testable``: ``rotation_testable`` at this recording's sublayers and units (None when
+      ``calibrate`` is False).
+
+    Each null draws from its own child of ``np.random.SeedSequence(seed)``, so adding a null or
+    the calibration does not change the others.
     """
     means = _check_means(means)
     n_sub, n_units = means.shape
     x, y = phase_portrait(means)
     r = rotation_count(x, y)
-    seeds = np.random.SeedSequence(seed).spawn(1 + len(SURROGATE_KINDS))
+    seeds = np.random.SeedSequence(seed).spawn(2 + len(SURROGATE_KINDS))
     r_null = {"pair_shuffle": pair_shuffle_null(x, y, n_perm=n_perm, seed=seeds[0])}
-    for kind, ss in zip(SURROGATE_KINDS, seeds[1:], strict=True):
+    for kind, ss in zip(SURROGATE_KINDS, seeds[1:-1], strict=True):
         r_null[kind] = surrogate_null(means, kind, n=n_surrogates, seed=ss)
-    per_unit, null_summaries = {}, {}
-    for name, draws in r_null.items():
-        cmp = compare_to_null(r, draws)
-        null_summaries[name] = cmp.pop("summary")
-        per_unit[name] = cmp
+    per_unit, null_summaries = _null_summaries(r, r_null)
+    strictest = {"statistic": "abs_rotation_count", **every_null_rule(null_summaries)}
     summary = {
         "n_sublayers": int(n_sub),
         "n_units": int(n_units),
@@ -356,5 +471,10 @@ def rotation_summary(
         "median_abs_r": _json_float(np.median(np.abs(r))),
         "frac_clockwise": _json_float((r < 0).mean()),
         "nulls": null_summaries,
+        "strictest": strictest,
+        "passes_every_null": strictest["passes_every_null"],  # the claim's rule, at the top
+        "testable": rotation_testable(n_sub, n_units, n_surrogates, seeds[-1])
+        if calibrate
+        else None,
     }
     return {"summary": summary, "r": r, "per_unit": per_unit, "r_null": r_null}

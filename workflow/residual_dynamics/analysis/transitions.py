@@ -13,11 +13,17 @@ small partial sums; the driver adds them up. Memory is bounded by one block, wha
 from __future__ import annotations
 
 import logging
+import warnings
 
 import dask
 import numpy as np
 import xarray as xr
 
+from residual_dynamics.analysis.bootstrap import (
+    correlation_from_moments,
+    text_weights,
+    weighted_curves,
+)
 from residual_dynamics.analysis.unit_means import analysed_sublayers
 from residual_dynamics.io.store import open_store
 
@@ -64,8 +70,16 @@ def task_array(a: np.ndarray) -> np.ndarray:
     return np.array(a, dtype=np.float64, order="C", copy=True)
 
 
-def _tile(path: str, rows: tuple[int, int], units: tuple[int, int], keep, shift: np.ndarray):
-    """Moments and per-sample partial sums of one tile (a block of rows x a block of units)."""
+def _tile(
+    path: str,
+    rows: tuple[int, int],
+    units: tuple[int, int],
+    keep,
+    shift: np.ndarray,
+    weights: np.ndarray | None = None,
+):
+    """Moments and per-sample partial sums of one tile (a block of rows x a block of units); with
+    bootstrap ``weights`` (B, rows of the tile), also each replicate's weighted moments."""
     resid = open_store(path)["resid"]
     shift = task_array(shift[:, units[0] : units[1]])
     x = np.asarray(resid[rows[0] : rows[1], keep, units[0] : units[1]], dtype=np.float64)
@@ -78,6 +92,17 @@ def _tile(path: str, rows: tuple[int, int], units: tuple[int, int], keep, shift:
     s1 = y.sum(axis=0)
     s2 = np.einsum("nsd,ntd->std", y, y, optimize=True)
     count = finite.sum(axis=0)
+    moments = (s1, s2, count)
+    if weights is not None:
+        w = task_array(weights)
+        n, s, du = y.shape
+        flat = y.reshape(n, s * du)
+        moments += (
+            w @ finite.astype(np.float64),
+            (w @ flat).reshape(-1, s, du),
+            (w @ (flat * flat)).reshape(-1, s, du),
+            (w @ (y[:, :-1, :] * y[:, 1:, :]).reshape(n, (s - 1) * du)).reshape(-1, s - 1, du),
+        )
     a, b = x[:, :-1, :], x[:, 1:, :]
     # Whole-vector cosine and velocity are sums over units: each tile adds its share.
     per_sample = (
@@ -85,7 +110,7 @@ def _tile(path: str, rows: tuple[int, int], units: tuple[int, int], keep, shift:
         np.einsum("nsd,nsd->ns", x, x),
         np.einsum("nsd,nsd->ns", b - a, b - a),
     )
-    return (s1, s2, count), per_sample
+    return moments, per_sample
 
 
 def _add(first, second=None):
@@ -103,11 +128,21 @@ def tree_sum(parts: list):
 
 
 def transition_statistics(
-    store_path, sublayers: str = "paper", block_rows: int | None = None, tile_mib: float = 64
+    store_path,
+    sublayers: str = "paper",
+    block_rows: int | None = None,
+    tile_mib: float = 64,
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> xr.Dataset:
     """Per-unit correlations and per-sample cosine and velocity; runs on the current Dask
     scheduler (a distributed client if one is active). Work is split into tiles of rows x units
-    so that no task holds more than about ``tile_mib`` in its largest array."""
+    so that no task holds more than about ``tile_mib`` in its largest array.
+
+    With ``bootstrap`` replicates (analysis.bootstrap.text_weights(n, bootstrap, seed): the same
+    plan for every recording of the same texts), also each replicate's curves over transitions:
+    ``r_boot`` (the mean over units of the per-unit correlations, from weighted moments in the
+    same pass), ``cosine_boot`` and ``velocity_boot`` (weighted means of the per-sample values)."""
     group = open_store(store_path)
     resid = group["resid"]
     keep_list = analysed_sublayers(group, sublayers)
@@ -122,10 +157,14 @@ def transition_statistics(
     units = unit_blocks(d, rows[0][1] - rows[0][0], s, tile_mib)
     tile = dask.delayed(_tile, pure=True, nout=2)
     shift_once = dask.delayed(shift)  # one copy in the graph, not one per tile
+    weights = text_weights(n_rows, bootstrap, seed) if bootstrap else None
+    row_weights = {
+        r: None if weights is None else dask.delayed(weights[:, r[0] : r[1]]) for r in rows
+    }
     moments, sample_parts = {}, {}
     for u in units:
         for r in rows:
-            m, p = tile(str(store_path), r, u, keep, shift_once)
+            m, p = tile(str(store_path), r, u, keep, shift_once, row_weights[r])
             moments.setdefault(u, []).append(m)
             sample_parts.setdefault(r, []).append(p)
     totals, per_sample = dask.compute(
@@ -164,6 +203,22 @@ def transition_statistics(
         )
     r_pairs = np.clip(r_pairs, -1.0, 1.0)
     r_next = r_pairs[np.arange(s - 1), np.arange(1, s)]  # (S-1, d)
+    boot = {}
+    if weights is not None:
+        r_boot = correlation_from_moments(
+            *(np.concatenate([t[i] for t in totals], axis=-1) for i in range(3, 7))
+        )  # (B, S-1, d)
+        r_boot[:, constant[:-1] | constant[1:]] = np.nan
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            boot = {
+                "r_boot": (("replicate", "transition"), np.nanmean(r_boot, axis=-1)),
+                "cosine_boot": (("replicate", "transition"), weighted_curves(cosine, weights)),
+                "velocity_boot": (
+                    ("replicate", "transition"),
+                    weighted_curves(velocity, weights),
+                ),
+            }
     labels = [f"{a}->{b}" for a, b in zip(names[:-1], names[1:], strict=True)]
     return xr.Dataset(
         {
@@ -173,6 +228,7 @@ def transition_statistics(
             "velocity": (("sample", "transition"), velocity.astype(np.float32)),
             "constant_unit": (("sublayer", "unit"), constant),
             "n_finite": (("unit",), n.astype(np.int64)),
+            **boot,
         },
         coords={
             "transition": np.arange(s - 1),
@@ -189,6 +245,8 @@ def transition_statistics(
             "n_finite_samples": int(n.min()),
             "n_constant": int(constant.sum()),
             "norm": group.attrs.get("norm"),
+            "bootstrap": int(bootstrap),
+            "bootstrap_seed": int(seed),
         },
     )
 

@@ -90,6 +90,36 @@ def recordings(config: dict) -> list[tuple[str, str]]:
     return pairs
 
 
+# Separates a recording's dataset name from a negative-control kind (dataset names may not hold it).
+CONTROL_SEPARATOR = "--"
+
+
+def control_recordings(config: dict) -> list[tuple[str, str]]:
+    """The negative-control recordings (model, dataset--kind) that ``verdicts`` asks for: each of
+    ``verdicts.controls`` for every recording (``control_of: all``) or for the recordings of
+    trained models on texts that are not token-shuffled (``trained``)."""
+    settings = config.get("verdicts", {})
+    only = settings.get("datasets") or None
+    out = []
+    for model, dataset in recordings(config):
+        if only is not None and dataset not in only:
+            continue
+        if settings.get("control_of", "trained") == "trained" and (
+            config["models"][model].get("init") == "random"
+            or config["datasets"][dataset].get("shuffle_tokens")
+        ):
+            continue
+        for kind in dict.fromkeys(settings.get("controls", [])):  # a kind listed twice: once
+            out.append((model, f"{dataset}{CONTROL_SEPARATOR}{kind}"))
+    return out
+
+
+def split_control(dataset: str) -> tuple[str, str | None]:
+    """(recorded dataset, control kind) of a dataset name; kind None for a recording's own."""
+    base, _, kind = dataset.partition(CONTROL_SEPARATOR)
+    return base, kind or None
+
+
 # Top-level sections that hold names rather than settings; every other section is a module's.
 NAMED_SECTIONS = ("models", "datasets", "runs")
 

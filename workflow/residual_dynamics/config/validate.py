@@ -19,6 +19,7 @@ from pathlib import Path
 from jsonschema import Draft202012Validator, ValidationError, validators
 
 from residual_dynamics.analysis import cluster
+from residual_dynamics.beyond import config as beyond_config
 from residual_dynamics.config.schema import (
     DATASET_SOURCES,
     MODEL_SOURCES,
@@ -32,12 +33,13 @@ from residual_dynamics.studies.talking_heads import config as talking_heads_conf
 
 _log = logging.getLogger("residual_dynamics.config")
 
-# Each related study checks its own section (run whether or not it is switched on: a switched-off
-# study's check returns nothing).
+# Each related study, and the section beyond the paper, checks its own section (run whether or
+# not it is switched on: a switched-off module's check returns nothing).
 STUDY_CHECKS = (
     affine_config.check_config,
     talking_heads_config.check_config,
     embedding_space_config.check_config,
+    beyond_config.check_config,
 )
 
 
@@ -324,6 +326,12 @@ def validate_config(
     if problems:
         raise ConfigError(problems)
     problems = _check_references(filled, Path(base_dir))
+    problems += [
+        f"verdicts.datasets[{i}]: '{name}' is not a dataset of this config (one of: "
+        f"{', '.join(filled['datasets']) or 'none'}); list recorded datasets or leave it []"
+        for i, name in enumerate(filled.get("verdicts", {}).get("datasets", []))
+        if name not in filled["datasets"]
+    ]
     notes = follow_runs(filled, embedded) if embedded is not None else []
     problems += _check_modules(filled, Path(base_dir))
     if problems:

@@ -9,7 +9,7 @@ import numpy as np
 
 from residual_dynamics.paper.claims import CLAIMS, verdict_word
 from residual_dynamics.paper.reference import FINDINGS
-from residual_dynamics.report.page import MARKS
+from residual_dynamics.report.page import MARKS, VERDICT_MARKS
 from residual_dynamics.report.style import fmt
 
 
@@ -122,6 +122,23 @@ def panel_captions(summary: dict) -> dict[str, tuple[str, str]]:
     }
 
 
+def _per_text(pert: dict) -> str:
+    """The per-text remaining distances the teleport verdict is decided on, with intervals."""
+    verdict = pert.get("verdict") or {}
+    remaining = verdict.get("remaining")
+    if not remaining or remaining.get("mid") is None:
+        return ""
+
+    def ci(pair) -> str:
+        return f"[{fmt(pair[0])}, {fmt(pair[1])}]" if pair else ""
+
+    return (
+        f"Over {verdict.get('n_texts')} dataset texts: remaining distance at mid depth "
+        f"{fmt(remaining['mid'])} {ci(remaining.get('mid_ci'))}, at the lower edge (layer "
+        f"{remaining.get('edge_layer')}) {fmt(remaining['edge'])} {ci(remaining.get('edge_ci'))}. "
+    )
+
+
 def _verdict(ok: bool | None, yes: str, no: str) -> str:
     if ok is None:
         return f"<b>Verdict:</b> {verdict_word(None)} here."
@@ -215,11 +232,14 @@ def reduction_captions(red: dict) -> dict[str, tuple[str, str]]:
                 f" on both PCs): "
                 + "; ".join(rows)
                 + ". "
-                + (detail + ". " if detail else "")
+                + (f"Control prompt, mid vs first/last: {detail}. " if detail else "")
+                + _per_text(pert)
                 + _verdict(
                     pert["mid_recovers_more"],
-                    "mid-depth teleports end closer to the control than first- and last-layer ones.",
-                    "mid-depth teleports do not end closer to the control on every measure.",
+                    "the dataset texts' teleports recover (remaining below 1 beyond the interval) "
+                    "and mid-depth ones end closer than the lower of the first and last layers.",
+                    "the dataset texts' teleports do not recover, or mid-depth ones do not end "
+                    "closer than the lower of the first and last layers beyond the interval.",
                 ),
             ),
             "fig4e": (
@@ -235,10 +255,33 @@ def reduction_captions(red: dict) -> dict[str, tuple[str, str]]:
 
 
 def add_claim_verdicts(
-    captions: dict[str, tuple[str, str]], evaluated: dict
+    captions: dict[str, tuple[str, str]], evaluated: dict, verdicts: dict | None = None
 ) -> dict[str, tuple[str, str]]:
-    """Append each claim's verdict to its panel's caption, where the caption has none yet."""
+    """Append each claim's verdict to its panel's caption, where the caption has none yet:
+    paper.verdicts' record (``verdicts``, key -> record) where given, with what decided it."""
     out = dict(captions)
+    if verdicts:
+        for claim in CLAIMS:
+            panel = f"fig{claim.panel.lower()}"
+            record = verdicts.get(claim.key)
+            if panel not in out or record is None:
+                continue
+            title, text = out[panel]
+            if "<b>Verdict:</b>" in text:  # the caption's own sentence: the record replaces it
+                text = text[: text.index("<b>Verdict:</b>")].rstrip()
+            number = ""
+            if record.get("value") is not None:
+                number = f" ({html.escape(claim.measured)} {fmt(record['value'])}"
+                if record.get("ci"):
+                    number += f", 95 % interval {fmt(record['ci'][0])} to {fmt(record['ci'][1])}"
+                number += ")"
+            out[panel] = (
+                title,
+                f"{text} <b>Verdict:</b> {html.escape(claim.statement)}: "
+                f"<span class='{VERDICT_MARKS[record['verdict']][0]}'>{record['verdict']}</span>"
+                f"{number}; {html.escape('; '.join(record['decided_by']))}.",
+            )
+        return out
     for claim in CLAIMS:
         panel = f"fig{claim.panel.lower()}"
         if panel not in out or "Verdict" in captions[panel][1]:

@@ -183,6 +183,11 @@ def figure_4d(
             layers,
             list(perturbation["measure"].values),
             title=f"Recovery after perturbation, per layer, {label}",
+            per_text=perturbation["dataset_measures"].values
+            if "dataset_measures" in perturbation
+            else None,
+            seed=int(perturbation.attrs.get("seed", 0)),
+            replicates=int(perturbation.attrs.get("bootstrap_replicates", 200)),
         ),
     }
     for key, make in panels.items():

@@ -173,9 +173,23 @@ def teleports(
     return fig
 
 
-def recovery(measures: np.ndarray, kinds, layers, measure_names, *, title: str):
+def recovery(
+    measures: np.ndarray,
+    kinds,
+    layers,
+    measure_names,
+    *,
+    title: str,
+    per_text: np.ndarray | None = None,
+    seed: int = 0,
+    replicates: int = 200,
+):
     """Recovery per perturbed layer (beyond the paper's figure): remaining distance after the
-    horizon, end MSE, end spread ratio and KL, for teleports, noise and swaps."""
+    horizon, end MSE, end spread ratio and KL, for teleports, noise and swaps on the control
+    prompt; with ``per_text`` (text, layer, measure), the dataset texts' teleports too: their mean
+    with its 95 % bootstrap band over texts (the band the teleport verdict is decided on)."""
+    from residual_dynamics.analysis.recovery import mean_and_interval
+
     set_style()
     wanted = [
         m
@@ -190,6 +204,16 @@ def recovery(measures: np.ndarray, kinds, layers, measure_names, *, title: str):
             if np.isnan(values).all():
                 continue
             ax.plot(layers, values, "o-", ms=4, color=PALETTE[ki % len(PALETTE)], label=kind)
+        if per_text is not None and len(per_text):
+            mean, low, high = mean_and_interval(
+                per_text[:, :, mi], replicates=replicates, seed=seed
+            )
+            if np.isfinite(mean).any():
+                label = f"teleport, {len(per_text)} texts (95 % CI)"
+                ax.fill_between(layers, low, high, color="k", alpha=0.15, lw=0)
+                ax.plot(layers, mean, "s--", ms=3, color="k", lw=1, label=label)
+        if measure == "remaining":
+            ax.axhline(1.0, color="0.6", lw=0.8, ls=":")  # nothing recovered
         ax.set_xlabel("perturbed layer")
         ax.set_title(measure.replace("_", " "), fontsize=9)
         if measure in ("end_mse", "kl"):

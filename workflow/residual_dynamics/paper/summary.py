@@ -8,6 +8,8 @@ import math
 import numpy as np
 import xarray as xr
 
+from residual_dynamics.analysis.bootstrap import LEVEL, interval
+
 
 def _clean(value):
     if isinstance(value, dict):
@@ -90,8 +92,41 @@ def build_summary(
             "undefined_pairs": int(information["undefined"].values.sum()),
         },
         "rotations": json.loads(rotations.attrs["summary"]),
+        "bootstrap": bootstrap_block(transitions, information),
     }
+    for name, reps in (summary["bootstrap"] or {}).get("curves", {}).items():
+        ci = interval(np.asarray(reps, np.float64))
+        per_transition[f"{name}_ci"] = [ci[0].tolist(), ci[1].tolist()]
     return _clean(summary)
+
+
+BOOT_CURVES = {
+    "correlation": ("stats", "r_boot"),
+    "cosine": ("stats", "cosine_boot"),
+    "velocity": ("stats", "velocity_boot"),
+    "mi_kde": ("mi", "mi_boot"),
+}
+
+
+def bootstrap_block(transitions: xr.Dataset, information: xr.Dataset) -> dict | None:
+    """The bootstrap replicates of every per-transition curve (replicate x transition), which the
+    claims turn into replicate claim values and intervals; None when none was computed."""
+    sources = {"stats": transitions, "mi": information}
+    curves = {
+        name: sources[where][var].values.tolist()
+        for name, (where, var) in BOOT_CURVES.items()
+        if var in sources[where]
+    }
+    if not curves:
+        return None
+    return {
+        "replicates": int(transitions.attrs.get("bootstrap", 0)),
+        "mi_replicates": int(information.attrs.get("bootstrap", 0)),
+        "mi_units": int(information.attrs.get("bootstrap_units", 0)),
+        "seed": transitions.attrs.get("bootstrap_seed"),
+        "level": LEVEL,
+        "curves": curves,
+    }
 
 
 def _spearman_with_depth(values: np.ndarray) -> float | None:

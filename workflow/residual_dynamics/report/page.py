@@ -32,6 +32,7 @@ figcaption{font-size:.92em;color:#333;margin-top:.4em}
 .muted{color:#666;font-size:.9em} code{background:#f4f4f4;padding:0 .2em}
 nav a{margin-right:1em}
 .yes{color:#0a5fa3;font-weight:600} .no{color:#b35900;font-weight:600} .na{color:#777}
+.ns{color:#8a6d00;font-weight:600} td[title]{cursor:help}
 table.claims{font-size:.85em} table.claims td{white-space:nowrap}
 table.claims td.text{white-space:normal;min-width:16em} table.claims th{font-weight:600}
 .scroll{overflow-x:auto}
@@ -39,6 +40,18 @@ table.claims td.text{white-space:normal;min-width:16em} table.claims th{font-wei
 
 # A verdict's mark and style (its words are claims.verdict_word's).
 MARKS = {True: ("yes", "✓"), False: ("no", "✗"), None: ("na", "–")}
+# The verdicts of paper.verdicts (claims.json): style and mark of each word.
+VERDICT_MARKS = {
+    "reproduced": ("yes", "✓"),
+    "not specific": ("ns", "≈"),
+    "not reproduced": ("no", "✗"),
+    "not comparable": ("na", "–"),
+}
+VERDICT_LEGEND = (
+    "✓ reproduced (holds, and beats every control that decides it beyond the bootstrap "
+    "interval), ≈ not specific (holds, but as strongly in a named control), ✗ not reproduced, "
+    "– not comparable (no value, or no deciding control recorded); hover a cell for what decided it"
+)
 
 
 @dataclass
@@ -59,6 +72,8 @@ class Section:
     # claims.evaluate() of this recording, and of its controls: label -> ((model, dataset), claims)
     claims: dict = field(default_factory=dict)
     controls: dict = field(default_factory=dict)
+    # paper.verdicts' record of every claim on this recording (claims.json): key -> record
+    verdicts: dict = field(default_factory=dict)
 
     @property
     def anchor(self) -> str:
@@ -199,6 +214,25 @@ def _claim_cell(value, holds) -> str:
     return f"<td title='{verdict_word(holds)}'>{number}<span class='{css}'>{mark}</span></td>"
 
 
+def _verdict_cell(record: dict | None, with_value: bool = False) -> str:
+    """A claims.json record as a cell: its mark (and value with interval), what decided it on
+    hover."""
+    if not record:
+        return "<td class='na'>–</td>"
+    css, mark = VERDICT_MARKS[record["verdict"]]
+    number = ""
+    if with_value and record.get("value") is not None:
+        number = _cell(float(record["value"]))
+        if record.get("ci"):
+            low, high = record["ci"]
+            number += f" <span class='muted'>[{_cell(float(low))}, {_cell(float(high))}]</span>"
+        number += " "
+    why = html.escape(
+        record["verdict"] + ": " + "; ".join(record.get("decided_by", [])), quote=True
+    )
+    return f"<td title='{why}'>{number}<span class='{css}'>{mark}</span></td>"
+
+
 def _controls_table(section: Section) -> str:
     """The paper's claims for this recording beside the same measures on its controls."""
     from residual_dynamics.paper.claims import CLAIMS
@@ -211,7 +245,10 @@ def _controls_table(section: Section) -> str:
     rows = []
     for claim in CLAIMS:
         value, holds = section.claims.get(claim.key, (None, None))
-        cells = _claim_cell(value, holds) + "".join(
+        record = section.verdicts.get(claim.key)
+        cells = (
+            _verdict_cell(record, with_value=True) if record else _claim_cell(value, holds)
+        ) + "".join(
             _claim_cell(*evaluated.get(claim.key, (None, None))) for _, (_, evaluated) in controls
         )
         rows.append(
@@ -223,7 +260,11 @@ def _controls_table(section: Section) -> str:
         "The paper's claims, measured here and on this recording's controls"
         if controls
         else "The paper's claims, measured here (no control recorded for this pair)"
-    ) + " (✓ reproduced, ✗ not reproduced, – not comparable)"
+    ) + (
+        f" ({VERDICT_LEGEND}; controls: ✓ the statement holds there too)"
+        if section.verdicts
+        else " (✓ reproduced, ✗ not reproduced, – not comparable)"
+    )
     return (
         f"<div class='scroll'><table class='claims'><caption>{caption}</caption>"
         f"<tr><th>panel</th><th>claim</th><th>paper</th><th>this recording</th>{head}</tr>"
@@ -231,8 +272,10 @@ def _controls_table(section: Section) -> str:
         + "</table></div>"
         + (
             "<p class='muted'>A claim that holds as well on the untrained twin comes from the "
-            "architecture, not from training; one that holds on the shuffled tokens does not need "
-            "word order.</p>"
+            "architecture, not from training; one that holds as well on the matched random walk "
+            "(each unit's start and step sizes kept, the dynamics destroyed) is what any process "
+            "that adds increments shows; one that holds on the shuffled tokens does not need "
+            "word order (shown, not deciding: the paper's claims are about depth).</p>"
             if controls
             else ""
         )
@@ -247,10 +290,17 @@ def _glance(sections: list[Section]) -> str:
         f"<th><a href='#{html.escape(s.anchor)}'>{_breakable(s.model)}<br>{_breakable(s.dataset)}</a></th>"
         for s in sections
     )
+    legend = (
+        VERDICT_LEGEND
+        if any(s.verdicts for s in sections)
+        else "✓ reproduced, ✗ not reproduced, – not comparable"
+    )
     rows = []
     for claim in CLAIMS:
         cells = "".join(
-            _claim_cell(None, section.claims.get(claim.key, (None, None))[1])
+            _verdict_cell(section.verdicts.get(claim.key))
+            if section.verdicts
+            else _claim_cell(None, section.claims.get(claim.key, (None, None))[1])
             for section in sections
         )
         rows.append(
@@ -258,8 +308,8 @@ def _glance(sections: list[Section]) -> str:
         )
     return (
         "<div class='scroll'><table class='claims'><caption>Claims at a glance "
-        "(✓ reproduced, ✗ not reproduced, – not comparable; numbers in each recording's "
-        "section)</caption>"
+        f"({legend}; numbers in each recording's section; every verdict also in claims.json)"
+        "</caption>"
         f"<tr><th>panel</th><th>claim</th>{head}</tr>" + "".join(rows) + "</table></div>"
     )
 
