@@ -243,14 +243,20 @@ def test_paper_config_dry_run_lists_the_jobs_and_their_resources(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
-    # 2 models x 2 WikiText-2 recordings + Llama on WikiText-103, each in 4 extraction shards.
-    recordings, shards = 5, 4
+    # 2 models x 2 WikiText-2 recordings + Llama's untrained twin on WikiText-2 + Llama on
+    # WikiText-103, each in 4 extraction shards; the two trained models' WikiText-2 recordings
+    # each get a matched random walk (verdicts.datasets), analysed like a recording.
+    recordings, shards, walks = 6, 4, 2
     assert int(counts["extract_activations"]) == recordings * shards
     assert int(counts["prepare_dataset"]) == 3
-    for rule in ("merge_shards", "unit_means", "transition_statistics", "mutual_information"):
-        assert int(counts[rule]) == recordings, rule
-    for rule in ("rotations", "summary", "figure_1", "figure_2", "pca", "train_cae", "perturb"):
+    assert int(counts["merge_shards"]) == recordings
+    assert int(counts["control_store"]) == walks
+    for rule in ("unit_means", "transition_statistics", "mutual_information", "rotations", "pca"):
+        assert int(counts[rule]) == recordings + walks, rule
+    assert int(counts["summary"]) == recordings + walks
+    for rule in ("figure_1", "figure_2", "train_cae", "perturb"):
         assert int(counts.get(rule, 0)) == recordings, rule
+    assert int(counts["claims"]) == 1
     assert int(counts["report"]) == 1
     resources = {}
     for block in re.split(r"\n(?=\[[^\]]+\]\nrule )|\nrule ", out):
