@@ -199,9 +199,10 @@ def test_claims_json_judges_every_recording_against_its_controls(tiny_run):
         ("tiny_llama", "texts"),
         ("tiny_llama", "texts_shuffled"),
         ("tiny_llama_untrained", "texts"),
+        ("tiny_llama_untrained", "texts_shuffled"),
         ("minilm", "texts"),
     }
-    assert len(records) == 4 * len(CLAIMS)
+    assert len(records) == 5 * len(CLAIMS)
     for walk in ("tiny_llama", "minilm"):
         assert (
             work / "results" / "summaries" / walk / "texts--random_walk" / "summary.json"
