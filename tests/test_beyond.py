@@ -407,7 +407,14 @@ def test_rules_end_to_end(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     target = "results/beyond/section.json"
     result = snakemake(
-        tmp_path, "--cores", "2", target, "--configfile", str(tmp_path / "config.yaml")
+        tmp_path,
+        "--cores",
+        "2",
+        "--max-threads",
+        "1",
+        target,
+        "--configfile",
+        str(tmp_path / "config.yaml"),
     )
     assert result.returncode == 0, result.stderr[-6000:]
     manifest = json.loads((tmp_path / target).read_text())

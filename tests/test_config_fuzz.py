@@ -41,7 +41,7 @@ SCHEMA = load_schema()
 DEFS = SCHEMA["$defs"]
 # Derandomized (the same examples on every run, so CI is reproducible), no example database.
 FUZZ = settings(
-    max_examples=400,
+    max_examples=250,
     deadline=None,
     derandomize=True,
     database=None,
@@ -459,7 +459,7 @@ def test_schema_valid_values_pass(data):
     check_valid_mutation(site, value)
 
 
-@settings(FUZZ, max_examples=200)
+@settings(FUZZ, max_examples=120)
 @given(st.data())
 def test_schema_valid_values_pass_on_uncross_checked_keys(data):
     """The same on the keys no cross-check covers, where every valid value must pass."""
@@ -674,7 +674,7 @@ def get_or_none(config: dict, path: tuple):
         return None
 
 
-@settings(FUZZ, max_examples=600)
+@settings(FUZZ, max_examples=300)
 @given(invalid_mutation())
 def test_invalid_values_are_refused_naming_the_key(mutation):
     config, expected = mutation
@@ -683,7 +683,7 @@ def test_invalid_values_are_refused_naming_the_key(mutation):
 
 
 @pytest.mark.parametrize("kind", INVALID_KINDS)
-@settings(FUZZ, max_examples=40)
+@settings(FUZZ, max_examples=25)
 @given(data=st.data())
 def test_each_kind_of_invalid_mutation(kind, data):
     """Every kind gets examples of its own, whatever the mix above draws."""
@@ -711,7 +711,7 @@ ODD = st.recursive(
 )
 
 
-@settings(FUZZ, max_examples=400)
+@settings(FUZZ, max_examples=250)
 @given(st.data())
 def test_odd_values_anywhere_give_only_config_errors(data):
     config = copy.deepcopy(BASE)

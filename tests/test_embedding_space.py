@@ -613,7 +613,8 @@ def test_rules_end_to_end(tmp_path):
     target = "results/embedding_space/section.json"
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory",
-         str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "--cores", "2", target],
+         str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "--cores", "2",
+         "--max-threads", "1", target],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-6000:]

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-from test_workflow import MODULES_OFF, SNAKEMAKE, snakemake, write_texts
+from test_workflow import MODULES_OFF, SNAKEMAKE, TWO_JOBS, snakemake, write_texts
 
 from tiny_models import save_tiny_model
 
@@ -43,7 +43,7 @@ def tiny_config(model: Path, texts: Path) -> dict:
         **MODULES_OFF,
         "pca": {"n_components": 8, "per_sublayer": False},
         # Enough epochs that a kill lands mid-training; patience so that all of them run.
-        "cae": {"max_epochs": 40, "batch_size": 16, "patience": 100},
+        "cae": {"max_epochs": 80, "batch_size": 16, "patience": 200},
         "perturbation": {"enabled": False},
         # No negative-control recording (fewer jobs to kill); the bootstrap still runs, and must
         # resume to the same numbers.
@@ -55,7 +55,7 @@ def tiny_config(model: Path, texts: Path) -> dict:
 def inputs(tmp_path_factory):
     shared = tmp_path_factory.mktemp("inputs")
     model = save_tiny_model("llama", shared / "tiny_llama", n_layers=3)
-    texts = write_texts(shared / "texts.txt", 300)
+    texts = write_texts(shared / "texts.txt", 120)
     config = shared / "config.yaml"
     config.write_text(yaml.safe_dump(tiny_config(model, texts)))
     return config
@@ -64,7 +64,7 @@ def inputs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(inputs, tmp_path_factory):
     work = tmp_path_factory.mktemp("uninterrupted")
-    snakemake(work, "--configfile", str(inputs), "--cores", "2")
+    snakemake(work, "--configfile", str(inputs), *TWO_JOBS)
     return work
 
 
@@ -107,7 +107,7 @@ def _triggers(work: Path) -> list[tuple[str, object]]:
 def _start(work: Path, config: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.Popen(
-        [*SNAKEMAKE, "--directory", str(work), "--configfile", str(config), "--cores", "2"],
+        [*SNAKEMAKE, "--directory", str(work), "--configfile", str(config), *TWO_JOBS],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -188,7 +188,7 @@ def test_kill_9_at_random_moments_then_rerun_equals_an_uninterrupted_run(
 
     assert lock_refusal.returncode != 0
     assert "cannot be locked" in lock_refusal.stdout + lock_refusal.stderr
-    snakemake(work, "--configfile", str(inputs), "--cores", "2")
+    snakemake(work, "--configfile", str(inputs), *TWO_JOBS)
     assert not list((work / "results").rglob("*.partial")), log
     got, want = _numbers(work), _numbers(reference)
     assert sorted(got) == sorted(want), log

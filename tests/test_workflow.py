@@ -32,7 +32,10 @@ MODULES_OFF = {
     "embedding_space": {"enabled": False},
 }
 
-# The tiny run's fixture (about 100 jobs) is set up inside the first test that uses it.
+# Two jobs at a time, one thread each: the rules ask for 2 threads (for paper-scale data), which on
+# tiny inputs buys nothing and would run one job at a time on the 2 cores.
+TWO_JOBS = ("--cores", "2", "--max-threads", "1")
+# The tiny run's fixture (about 90 jobs) is set up inside the first test that uses it.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
@@ -78,7 +81,7 @@ def tiny_run(tmp_path_factory):
     token-shuffled variant, extraction split into 2 shards."""
     work = copy_test_case(tmp_path_factory.mktemp("run") / "test_case")
     config_path = work / "config" / "config.yaml"
-    result = snakemake(work, "--cores", "2")
+    result = snakemake(work, *TWO_JOBS)
     return work, config_path, result
 
 
@@ -199,10 +202,9 @@ def test_claims_json_judges_every_recording_against_its_controls(tiny_run):
         ("tiny_llama", "texts"),
         ("tiny_llama", "texts_shuffled"),
         ("tiny_llama_untrained", "texts"),
-        ("tiny_llama_untrained", "texts_shuffled"),
         ("minilm", "texts"),
     }
-    assert len(records) == 5 * len(CLAIMS)
+    assert len(records) == 4 * len(CLAIMS)
     for walk in ("tiny_llama", "minilm"):
         assert (
             work / "results" / "summaries" / walk / "texts--random_walk" / "summary.json"
@@ -262,7 +264,7 @@ def test_shuffled_variant_records_the_same_texts_with_tokens_permuted(tiny_run):
 
 def test_second_run_has_nothing_to_do(tiny_run):
     work, _, _ = tiny_run
-    result = snakemake(work, "--cores", "2", "--dry-run")
+    result = snakemake(work, *TWO_JOBS, "--dry-run")
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
@@ -371,7 +373,6 @@ def test_report_page_renders_in_a_real_browser(tiny_run):
         ("tiny_llama", "texts"),
         ("tiny_llama", "texts_shuffled"),
         ("tiny_llama_untrained", "texts"),
-        ("tiny_llama_untrained", "texts_shuffled"),
         ("minilm", "texts"),
     ]
     panels = ["fig1b", "fig1c", "fig1d", "fig1e", "fig1f", "fig1g", "fig1h", "fig2a", "fig2b"]

@@ -5,9 +5,9 @@
 # workflow/residual_dynamics/beyond/ (plan, summary, figures, section) and analysis/
 # (layer_geometry, jacobians, local_dynamics, layer_ablation).
 from residual_dynamics.beyond import config as beyond_plan
-from residual_dynamics.beyond.figures import FIGURES as BEYOND_PANELS
 
 BEYOND = config["beyond"]
+BEYOND_PANELS = beyond_plan.FIGURES
 BEYOND_DIR = f"{RESULTS}/beyond/{{model}}/{{dataset}}"
 BEYOND_FIGURE_DIR = f"{RESULTS}/figures/{{model}}/{{dataset}}/beyond"
 BEYOND_RECORDINGS = beyond_plan.beyond_recordings(config) if BEYOND["enabled"] else []

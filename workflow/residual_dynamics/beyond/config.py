@@ -11,6 +11,10 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+# The figures of one recording: the keys of ``figures.write_figures``' ``paths`` and the rule's
+# outputs (here, not in figures.py, so that the DAG is built without importing xarray).
+FIGURES = ("cka", "dimension", "spectra", "lyapunov", "ablation")
+
 # Architectures of `train:` models (inputs.training): both are causal LMs saved with their head.
 CAUSAL_TRAINED = ("gpt2", "llama")
 LM_HEAD_CLASSES = ("ForCausalLM", "LMHeadModel")
@@ -55,7 +59,7 @@ def figure_recordings(config: dict) -> list[tuple[str, str]]:
 
 def _config_json(name: str, spec: dict, base_dir: Path) -> dict | None:
     """The model's config.json where it is on disk before any job runs (path, package)."""
-    from residual_dynamics.inputs.models import ModelLoadError, model_location
+    from residual_dynamics.inputs.locations import ModelLoadError, model_location
 
     if not ({"path", "package"} & set(spec)):
         return None

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from residual_dynamics.beyond.config import FIGURES
 from residual_dynamics.beyond.summary import SPECTRA, Recording, spectra_curves, why_not
 
-# The figures of one recording: the keys of ``write_figures``' ``paths`` and the rule's outputs.
-FIGURES = ("cka", "dimension", "spectra", "lyapunov", "ablation")
+__all__ = ["FIGURES", "write_figures"]
 TWIN_STYLE = {"ls": "--", "alpha": 0.85}
 
 

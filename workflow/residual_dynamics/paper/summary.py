@@ -9,6 +9,7 @@ import numpy as np
 import xarray as xr
 
 from residual_dynamics.analysis.bootstrap import LEVEL, interval
+from residual_dynamics.paper.verdicts import by_kind, spearman_with_depth
 
 
 def _clean(value):
@@ -21,13 +22,6 @@ def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _by_kind(values: np.ndarray, kinds: np.ndarray) -> dict:
-    return {
-        kind: float(np.nanmean(values[kinds == kind])) if (kinds == kind).any() else None
-        for kind in ("within", "cross")
-    }
 
 
 def rotations_dataset(result: dict) -> xr.Dataset:
@@ -76,12 +70,12 @@ def build_summary(
         "norm": transitions.attrs.get("norm"),
         "per_transition": per_transition,
         "by_kind": {
-            "correlation": _by_kind(np.nanmean(r, axis=1), kinds),
-            "cosine": _by_kind(np.nanmean(cosine, axis=0), kinds),
-            "velocity": _by_kind(np.nanmean(velocity, axis=0), kinds),
-            "mi_kde": _by_kind(np.nanmean(mi, axis=1), kinds),
+            "correlation": by_kind(np.nanmean(r, axis=1), kinds),
+            "cosine": by_kind(np.nanmean(cosine, axis=0), kinds),
+            "velocity": by_kind(np.nanmean(velocity, axis=0), kinds),
+            "mi_kde": by_kind(np.nanmean(mi, axis=1), kinds),
         },
-        "correlation_rises_with_depth": _spearman_with_depth(np.nanmean(r, axis=1)),
+        "correlation_rises_with_depth": spearman_with_depth(np.nanmean(r, axis=1)),
         # (sublayer, unit) pairs constant over the samples: their correlations are undefined.
         "constant_units": int(transitions.attrs.get("n_constant", 0)),
         "mutual_information": {
@@ -127,15 +121,6 @@ def bootstrap_block(transitions: xr.Dataset, information: xr.Dataset) -> dict | 
         "level": LEVEL,
         "curves": curves,
     }
-
-
-def _spearman_with_depth(values: np.ndarray) -> float | None:
-    from scipy.stats import spearmanr
-
-    finite = np.isfinite(values)
-    if finite.sum() < 3:
-        return None
-    return float(spearmanr(np.arange(values.size)[finite], values[finite]).statistic)
 
 
 def reduction_summary(

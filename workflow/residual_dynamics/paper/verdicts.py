@@ -33,7 +33,9 @@ def _curve(values) -> np.ndarray:
     return np.asarray([np.nan if v is None else v for v in values], dtype=float)
 
 
-def _by_kind(curve: np.ndarray, kinds: np.ndarray) -> dict:
+def by_kind(curve: np.ndarray, kinds: np.ndarray) -> dict:
+    """The curve's mean over the within-layer and over the cross-layer transitions (None where
+    there is no finite value); the same for the point value (summary.py) and every replicate."""
     out = {}
     for kind in ("within", "cross"):
         values = curve[(kinds == kind) & np.isfinite(curve)]
@@ -41,7 +43,8 @@ def _by_kind(curve: np.ndarray, kinds: np.ndarray) -> dict:
     return out
 
 
-def _spearman(curve: np.ndarray) -> float | None:
+def spearman_with_depth(curve: np.ndarray) -> float | None:
+    """Spearman's rank correlation of the curve with depth (None: under 3 finite values, or flat)."""
     from scipy.stats import spearmanr
 
     finite = np.isfinite(curve)
@@ -72,8 +75,8 @@ def replicate_summaries(summary: dict) -> list[dict]:
             {
                 **summary,
                 "per_transition": pt,
-                "by_kind": {name: _by_kind(arrays[name], kinds) for name in CURVES},
-                "correlation_rises_with_depth": _spearman(arrays["correlation"]),
+                "by_kind": {name: by_kind(arrays[name], kinds) for name in CURVES},
+                "correlation_rises_with_depth": spearman_with_depth(arrays["correlation"]),
             }
         )
     return out

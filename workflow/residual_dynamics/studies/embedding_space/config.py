@@ -29,7 +29,7 @@ def _model_type_problem(name: str, spec: dict, key: str, base_dir: Path) -> str 
     trained models are checked when the lens rule loads them)."""
     from types import SimpleNamespace
 
-    from residual_dynamics.inputs.models import ModelLoadError, model_location
+    from residual_dynamics.inputs.locations import ModelLoadError, model_location
 
     if "hub" in spec or not ({"path", "package"} & set(spec)):
         return None

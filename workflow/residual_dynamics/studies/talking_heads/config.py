@@ -12,7 +12,7 @@ def check_config(config: dict, base_dir: Path | str = ".") -> list[str]:
     Model architectures are checked here when the model's config.json is on disk (path and package
     models) or from ``train.architecture``; Hub models are checked when the rule loads them.
     """
-    from residual_dynamics.inputs.models import ModelLoadError, package_model_dir
+    from residual_dynamics.inputs.locations import ModelLoadError, package_model_dir
 
     block = config.get("talking_heads", {})
     if not block.get("enabled"):
