@@ -7,6 +7,9 @@ Contract (tests, the report and other tools read it):
   ``truncated`` (dimension "sample"), so any row can be traced to its input.
 - group attributes: see ``STORE_ATTRS``; ``format_version`` guards against old stores.
 - a store is complete only when written whole: it is built at a temporary path and renamed.
+- every chunk ends with a CRC-32C (Zarr v3's ``crc32c`` codec after zstd); :func:`open_store`
+  checks each chunk it reads and names the store and the fix for a changed, truncated or missing
+  chunk file (:mod:`residual_dynamics.io.integrity`). Stores without it are read unchecked.
 """
 
 from __future__ import annotations
@@ -23,6 +26,14 @@ import numpy as np
 import zarr
 
 from residual_dynamics.io.atomic import move_into_place, partial_path
+from residual_dynamics.io.integrity import (
+    CHECKSUM_CODEC,
+    CheckedLocalStore,
+    StoreCorruptError,  # noqa: F401 - raised when a chunk is read; exported with StoreError
+    StoreError,
+    has_checksum,
+    redo_hint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +67,9 @@ ROW_ARRAYS = {
 }
 
 
-class StoreError(ValueError):
-    """A store is missing, incomplete, or was written by an incompatible version."""
+# Every chunk is written, even one that holds only the fill value (an all-NaN block of a bad text),
+# so that a chunk file missing on reading is always damage, never an empty block (.integrity).
+zarr.config.set({"array.write_empty_chunks": True})
 
 
 def chunk_rows_for(d_model: int, itemsize: int, target_mib: float, n_rows: int) -> int:
@@ -68,6 +80,12 @@ def chunk_rows_for(d_model: int, itemsize: int, target_mib: float, n_rows: int) 
 
 def temporary_path(path: Path) -> Path:
     return partial_path(path)
+
+
+def checksummed() -> list:
+    """Zarr's default compression (zstd level 0) followed by a CRC-32C of the compressed chunk,
+    so a flipped byte or a truncated file is caught on reading (:mod:`.integrity`)."""
+    return [zarr.codecs.ZstdCodec(level=0, checksum=False), zarr.codecs.Crc32cCodec()]
 
 
 def create_store(
@@ -90,6 +108,7 @@ def create_store(
         dtype=store_dtype,
         dimension_names=("sample", "sublayer", "unit"),
         fill_value=np.nan,
+        compressors=checksummed(),
     )
     for name, dtype in ROW_ARRAYS.items():
         group.create_array(
@@ -98,6 +117,7 @@ def create_store(
             chunks=(max(n_rows, 1),),
             dtype=dtype,
             dimension_names=("sample",),
+            compressors=checksummed(),
         )
     # Coordinates so that xarray shows names, not integers, on the sublayer axis.
     sub = group.create_array(
@@ -105,6 +125,7 @@ def create_store(
         shape=(len(sublayers),),
         dtype=str,
         dimension_names=("sublayer",),
+        compressors=checksummed(),
     )
     sub[:] = np.asarray(sublayers, dtype=object)
     group.attrs.update(
@@ -138,14 +159,37 @@ def open_store(path: Path | str) -> zarr.Group:
                 "interrupted extraction). Rerun the workflow; it will redo the extraction"
             )
         raise StoreError(f"no activation store at {path}")
-    group = zarr.open_group(str(path), mode="r")
-    version = group.attrs.get("format_version")
+    plain = zarr.open_group(str(path), mode="r")
+    version = plain.attrs.get("format_version")
     if version != FORMAT_VERSION:
         raise StoreError(
             f"{path} has store format_version {version!r}; this version reads {FORMAT_VERSION}. "
             "Delete the store and rerun the extraction (snakemake --forcerun extract_activations)"
         )
-    return group
+    hint = redo_hint(path, dict(plain.attrs))
+    if not has_checksum(path):
+        _warn_unchecked(path, hint)
+        return plain
+    # Every chunk read through this group is checked first (a StoreCorruptError names the store).
+    return zarr.open_group(store=CheckedLocalStore(path, hint=hint), mode="r")
+
+
+_WARNED: set[Path] = set()
+
+
+def _warn_unchecked(path: Path, hint: str) -> None:
+    """Once per store and process: an old store reads as before, but unchecked."""
+    if path.resolve() in _WARNED:
+        return
+    _WARNED.add(path.resolve())
+    log.warning(
+        "%s was written without chunk checksums (%s codec; stores written before it was added): "
+        "it is read as before, but a changed byte in a chunk file would go unnoticed. To "
+        "checksum it: %s",
+        path,
+        CHECKSUM_CODEC,
+        hint,
+    )
 
 
 def merge_shards(shard_paths: Sequence[Path], final_path: Path) -> None:
