@@ -48,7 +48,7 @@ def test_global_pca_equals_scikit_learn(low_rank_store):
 
 def test_per_sublayer_curves_against_numpy(low_rank_store):
     path, resid = low_rank_store
-    pca = pca_fit(path, n_components=6, per_sublayer=True, block_rows=16, group_mib=0.004)
+    pca = pca_fit(path, n_components=6, per_sublayer=True, block_rows=16)
     v = pca["components"].values.T.astype(np.float64)
     for s in (0, 3, 5):
         x = resid[:, s, :].astype(np.float64)
@@ -66,6 +66,30 @@ def test_per_sublayer_curves_against_numpy(low_rank_store):
     assert (pca["sublayer_cumulative_own"].values >= pca["sublayer_cumulative"].values - 1e-9).all()
     summary = pca_summary(pca, at=100)
     assert summary["n_components_at"] == 6 and 0 < summary["cumulative_at_last"] <= 1
+
+
+@pytest.mark.parametrize("n_samples", [61, 17])
+def test_per_sublayer_pca_equals_scikit_learn_on_both_routes(tmp_path, n_samples):
+    """More samples than units: the D x D covariance route; fewer (the paper's 1000 texts at
+    D = 4096): the N x N Gram route. A sample non-finite in one sublayer is left out of all."""
+    rng = np.random.default_rng(3)
+    s, d = len(NAMES), 24
+    directions = rng.normal(size=(4, d))
+    weights = np.cumsum(rng.normal(size=(n_samples, s, 4)), axis=1) * np.array([5.0, 3, 2, 1])
+    resid = (weights @ directions + rng.normal(scale=0.3, size=(n_samples, s, d)) + 40.0).astype(
+        np.float32
+    )
+    resid[3, 4, 0] = np.inf
+    path = write_store(tmp_path / "w.zarr", resid, chunk_rows=8)
+    pca = pca_fit(path, n_components=6, per_sublayer=True, block_rows=16)
+    keep = np.arange(n_samples) != 3
+    own = pca["sublayer_cumulative_own"].values
+    assert own.shape == (s - 1, 6)  # 'paper': every sublayer but the final one
+    for j in range(s - 1):
+        reference = PCA(n_components=6, svd_solver="full").fit(resid[keep, j].astype(np.float64))
+        np.testing.assert_allclose(
+            own[j], np.cumsum(reference.explained_variance_ratio_), rtol=1e-6
+        )
 
 
 def test_samples_with_non_finite_values_are_left_out_whole(low_rank_store, tmp_path):
