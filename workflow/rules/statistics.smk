@@ -44,7 +44,9 @@ rule transition_statistics:
 
 
 rule mutual_information:
-    """Per-unit KDE mutual information between consecutive sublayers (Figures 1G, 1H)."""
+    """Per-unit mutual information between consecutive sublayers (Figures 1G, 1H): KDE, copula
+    KDE, Gaussian-copula MI and KSG, with per-pair flags (constant, saturated, outlier).
+    """
     input:
         store=rules.merge_shards.output.store,
     output:

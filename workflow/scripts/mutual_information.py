@@ -1,4 +1,5 @@
-"""Rule mutual_information: per-unit KDE MI between consecutive sublayers (Fig. 1G, 1H)."""
+"""Rule mutual_information: per-unit MI (KDE, copula KDE, GCMI, KSG) between consecutive
+sublayers, with per-pair flags (Fig. 1G, 1H)."""
 
 import torch
 
@@ -12,11 +13,15 @@ settings = snakemake.params.settings
 mi = transition_mutual_information(
     snakemake.input.store,
     sublayers=snakemake.params.sublayers,
+    estimator=settings["estimator"],
     grid=settings["grid"],
     bandwidth=settings["bandwidth"],
     pad=settings["pad"],
     n_samples=settings["n_samples"],
     ksg_units=settings["ksg_units"],
+    gcmi_bias_correction=settings["gcmi_bias_correction"],
+    outlier_z=settings["outlier_z"],
+    outlier_nats=settings["outlier_nats"],
     device=settings["device"],
     seed=settings["seed"],
     bootstrap=snakemake.params.verdicts["mi_bootstrap"],

@@ -13,6 +13,34 @@ from residual_dynamics.report.page import MARKS, VERDICT_MARKS
 from residual_dynamics.report.style import fmt
 
 
+def _mi_flag_note(block: dict) -> str:
+    """The MI flags of the summary as a caption clause ('' for summaries without them)."""
+    pairs = block.get("flagged_pairs") or {}
+    if not pairs:
+        return ""
+    return (
+        f"; flagged pairs: {pairs.get('saturated', 0)} saturating the grid, "
+        f"{pairs.get('outlier', 0)} outlier-dominated (raw and copula KDE disagree), "
+        f"{pairs.get('constant', 0)} constant"
+    )
+
+
+def _mi_estimator_note(per: dict) -> str:
+    """Every estimator at t0 and the MI beyond the Gaussian, as a caption clause."""
+    by = per.get("mi_by_estimator") or {}
+    if not by:
+        return ""
+    names = {"kde": "KDE", "copula_kde": "copula KDE", "gcmi": "GCMI"}
+    at_t0 = ", ".join(f"{names[k]} {fmt(v[0])}" for k, v in by.items() if k in names and v)
+    excess = [v for v in per.get("mi_excess") or [] if v is not None]
+    beyond = (
+        f"; beyond the Gaussian (median copula KDE - GCMI) {fmt(min(excess))} to {fmt(max(excess))}"
+        if excess
+        else ""
+    )
+    return f"; at t0: {at_t0}{beyond}"
+
+
 def mean_activation_caption(means) -> str:
     """Caption of Figure 1B with the number we measured beside the paper's observation."""
     values = means["mean"].values
@@ -89,17 +117,19 @@ def panel_captions(summary: dict) -> dict[str, tuple[str, str]]:
         "fig1g": (
             "Figure 1G: mutual information per unit",
             f"{FINDINGS['fig1g']} "
-            f"<i>Here:</i> grid {summary['mutual_information']['grid']}, bandwidth "
+            f"<i>Here:</i> {summary['mutual_information'].get('estimator', 'kde')}, grid "
+            f"{summary['mutual_information']['grid']}, bandwidth "
             f"{summary['mutual_information']['bandwidth']}, N = "
             f"{summary['mutual_information']['n_samples']}; "
-            f"{summary['mutual_information']['undefined_pairs']} undefined pairs (constant units).",
+            f"{summary['mutual_information']['undefined_pairs']} undefined pairs (constant units)"
+            f"{_mi_flag_note(summary['mutual_information'])}.",
         ),
         "fig1h": (
             "Figure 1H: mean mutual information per transition",
             f"{FINDINGS['fig1h']} "
             f"<i>Here:</i> {fmt(per['mi_kde'][0])} at t0, {fmt(min(per['mi_kde']))} at the lowest, "
             f"{fmt(per['mi_kde'][-1])} at the last (Gaussian-from-r cross-check: "
-            f"{fmt(per['mi_gaussian'][0])} at t0).",
+            f"{fmt(per['mi_gaussian'][0])} at t0){_mi_estimator_note(per)}.",
         ),
         "fig2a": (
             "Figure 2A: unit phase portraits",

@@ -8,6 +8,7 @@ import xarray as xr
 from residual_dynamics.analysis.rotations import phase_portrait
 from residual_dynamics.analysis.transitions import correlation_histograms
 from residual_dynamics.paper import panels_dynamics as dynamics
+from residual_dynamics.paper.summary import mi_curves, mi_headline
 from residual_dynamics.report.style import figure_paths, save
 
 NULL_NAMES = ("pair_shuffle", "random_walk", "ar1", "phase")
@@ -17,8 +18,32 @@ def _title(ds: xr.Dataset, what: str) -> str:
     return f"{what}\n{ds.attrs.get('model')} on {ds.attrs.get('dataset')}, N = {ds.attrs.get('n_samples')}"
 
 
+def mi_figure(mi: xr.Dataset, kinds):
+    """Figure 1H: every estimator's curve side by side and the MI beyond the Gaussian."""
+    per_unit = {
+        name: mi[f"mi_{name}"].values
+        for name in ("kde", "copula_kde", "gcmi", "gaussian")
+        if f"mi_{name}" in mi
+    }
+    name = mi.attrs.get("estimator", "kde")
+    if "mi_excess" in (curves := mi_curves(mi)):
+        excess = np.asarray(curves["mi_excess"], np.float64)
+    else:  # a dataset without the copula estimators: nothing to subtract
+        excess = np.full(mi.sizes["transition"], np.nan)
+    return dynamics.mi_estimator_curves(
+        per_unit,
+        name,
+        kinds,
+        ksg=mi["mi_ksg"].values if "mi_ksg" in mi else None,
+        excess=excess,
+        title=_title(mi, f"Mean mutual information per transition (headline: {name})"),
+    )
+
+
 def figure_1(means, stats, mi, *, outputs: dict, formats, dpi: int, reading: str) -> None:
     kinds = stats["transition_kind"].values
+    headline = mi_headline(mi)
+    name = mi.attrs.get("estimator", "kde")
     panels = {
         "fig1b": lambda: dynamics.mean_activation_heatmap(means),
         "fig1c": lambda: dynamics.transition_heatmap(
@@ -46,19 +71,16 @@ def figure_1(means, stats, mi, *, outputs: dict, formats, dpi: int, reading: str
             ylabel="velocity (L2)",
         ),
         "fig1g": lambda: dynamics.transition_heatmap(
-            mi["mi_kde"].values,
-            title=_title(mi, "Mutual information of each unit between sublayer t and t+1"),
+            headline.values,
+            title=_title(
+                mi, f"Mutual information of each unit between sublayer t and t+1 ({name})"
+            ),
             label="MI (nats)",
             vmin=0.0,
-            vmax=float(max(1e-6, np.nanpercentile(mi["mi_kde"].values, 99))),
+            vmax=float(max(1e-6, np.nanpercentile(headline.values, 99))),
             cmap="magma",
         ),
-        "fig1h": lambda: dynamics.per_transition_figure(
-            mi["mi_kde"].values.T,
-            kinds,
-            title=_title(mi, "Mean mutual information per transition (band: 10-90 % of units)"),
-            ylabel="MI (nats)",
-        ),
+        "fig1h": lambda: mi_figure(mi, kinds),
     }
     for key, make in panels.items():
         save(make(), figure_paths(outputs[key], formats), dpi=dpi)

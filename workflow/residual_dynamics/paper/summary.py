@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import xarray as xr
@@ -44,7 +45,7 @@ def build_summary(
     r = transitions["r"].values
     cosine = transitions["cosine"].values
     velocity = transitions["velocity"].values
-    mi = information["mi_kde"].values
+    mi = mi_headline(information).values
     per_transition = {
         "label": [str(v) for v in transitions["transition_label"].values],
         "kind": [str(k) for k in kinds],
@@ -60,6 +61,7 @@ def build_summary(
         "mi_ksg": np.nanmean(information["mi_ksg"].values, axis=1).tolist()
         if information.sizes.get("ksg_unit", 0)
         else None,
+        **mi_curves(information),
     }
     summary = {
         "model": transitions.attrs.get("model"),
@@ -79,11 +81,21 @@ def build_summary(
         # (sublayer, unit) pairs constant over the samples: their correlations are undefined.
         "constant_units": int(transitions.attrs.get("n_constant", 0)),
         "mutual_information": {
-            "estimator": "gaussian kde on a grid",
+            "estimator": information.attrs.get("estimator", "kde"),
             "grid": information.attrs.get("grid"),
             "bandwidth": information.attrs.get("bandwidth"),
             "n_samples": information.attrs.get("n_samples"),
             "undefined_pairs": int(information["undefined"].values.sum()),
+            "flagged_pairs": {
+                name: int(information[f"flag_{name}"].values.sum())
+                for name in MI_FLAGS
+                if f"flag_{name}" in information
+            },
+            "flagged_units": {
+                name: int(information[f"flag_{name}"].values.any(axis=0).sum())
+                for name in MI_FLAGS
+                if f"flag_{name}" in information
+            },
         },
         "rotations": json.loads(rotations.attrs["summary"]),
         "bootstrap": bootstrap_block(transitions, information),
@@ -92,6 +104,34 @@ def build_summary(
         ci = interval(np.asarray(reps, np.float64))
         per_transition[f"{name}_ci"] = [ci[0].tolist(), ci[1].tolist()]
     return _clean(summary)
+
+
+MI_FLAGS = ("constant", "saturated", "outlier")
+
+
+def mi_headline(information: xr.Dataset) -> xr.DataArray:
+    """The headline estimator's (transition, unit) MI in a mutual_information dataset (its
+    ``estimator`` attribute; the raw KDE for datasets written before that was a choice)."""
+    return information[f"mi_{information.attrs.get('estimator', 'kde')}"]
+
+
+def mi_curves(information: xr.Dataset) -> dict:
+    """Per-transition MI by every estimator the dataset holds (mean over units, as the paper's
+    1H), and ``mi_excess``: the median over units of copula KDE minus Gaussian-copula MI, the
+    dependence beyond the Gaussian (nonlinear, non-monotone). ``mi_kde`` in per_transition is the
+    headline estimator's curve (the one compared with the paper), whichever it is."""
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN transitions (constant units)
+        out["mi_by_estimator"] = {
+            name: np.nanmean(information[f"mi_{name}"].values, axis=1).tolist()
+            for name in ("kde", "copula_kde", "gcmi")
+            if f"mi_{name}" in information
+        }
+        if {"mi_copula_kde", "mi_gcmi"} <= set(information.data_vars):
+            excess = information["mi_copula_kde"].values - information["mi_gcmi"].values
+            out["mi_excess"] = np.nanmedian(excess, axis=1).tolist()
+    return out
 
 
 BOOT_CURVES = {

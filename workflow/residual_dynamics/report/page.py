@@ -344,7 +344,7 @@ def _wall_time(rows: list[tuple[str, float, float]]) -> str | None:
 SETTINGS = [
     ("extraction", ("positions", "batch_size", "store_dtype", "n_shards")),
     ("statistics", ("correlation_reading",)),
-    ("mutual_information", ("grid", "bandwidth", "n_samples")),
+    ("mutual_information", ("estimator", "grid", "bandwidth", "n_samples")),
     ("rotations", ("n_permutations", "n_surrogates")),
     ("pca", ("n_components", "read_at", "per_sublayer")),
     ("cae", ("enabled", "max_epochs", "batch_size", "normalize")),
