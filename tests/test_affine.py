@@ -137,6 +137,46 @@ def test_within_query_slope_recovers_a_planted_slope():
     assert abs(slope) < 0.1
 
 
+def test_similarity_fit_leaves_out_the_own_and_same_token_keys():
+    """Keys holding the query's token (its own key included) have cosine 1; a head that attends
+    to them would make the fit over every key positive although it prefers dissimilar tokens
+    among the others."""
+    ids = torch.tensor([[2, 5, 6, 5, 7, 6]])  # BOS, then x_0..x_4
+    masks = affine.similarity_masks(ids, min_position=3)
+    every, other = masks["all"][0], masks["other_tokens"][0]
+    assert list(np.flatnonzero(every[3])) == [1, 2, 3] and list(np.flatnonzero(other[3])) == [2]
+    assert list(np.flatnonzero(every[5])) == [1, 2, 3, 4, 5]
+    assert list(np.flatnonzero(other[5])) == [1, 3, 4]  # not 2 (token 6) nor its own key 5
+    assert not every[:3].any() and not every[:, 0].any()  # queries from 3 on, no BOS key
+    # Scores: same-token keys high, the other keys' score falling with their cosine.
+    rng = np.random.default_rng(0)
+    n, t = 400, 8
+    tokens = torch.from_numpy(rng.integers(3, 9, size=(n, t)))
+    masks = affine.similarity_masks(tokens, min_position=3)
+    cos = rng.uniform(-0.5, 0.5, (n, t, t))
+    same = masks["all"] & ~masks["other_tokens"]
+    cos[same] = 1.0
+    scores = np.where(same, 4.0, -1.0 * cos) + rng.normal(0, 0.05, cos.shape)
+    fits = {
+        name: affine.within_query_slope(scores.reshape(-1, t), cos.reshape(-1, t), m.reshape(-1, t))
+        for name, m in masks.items()
+    }
+    assert fits["all"][0] > 0 and fits["all"][1] > 0.5
+    assert fits["other_tokens"][0] == pytest.approx(-1.0, abs=0.05)
+    assert fits["other_tokens"][1] < -0.9
+
+
+def test_bayes_gap_starts_where_the_recurrence_is_determined():
+    bayes = [0.1, 0.1, 0.2, 1.0, 1.0, 1.0]
+    gap = affine.bayes_gap([0.1, 0.05, 0.1, 0.85, 0.95, 1.0], bayes)
+    assert gap["determined_from"] == 3
+    assert gap["ratio"][:3] == pytest.approx([1.0, 0.5, 0.5])
+    assert gap["min_ratio_determined"] == pytest.approx(0.85)
+    assert gap["mean_ratio_determined"] == pytest.approx(0.9333, abs=1e-4)
+    assert not gap["reaches_bar"]
+    assert affine.bayes_gap([0.1, 0.1, 0.2, 0.9, 0.95, 1.0], bayes)["reaches_bar"]
+
+
 def test_zero_ablating_every_head_leaves_only_the_attention_bias(model_and_ids):
     model, _, ids, _ = model_and_ids
     view = affine.GPT2View(model)
@@ -230,6 +270,71 @@ def test_whole_study_on_a_briefly_trained_model(tmp_path):
     assert all(p[0].stat().st_size > 0 for p in paths.values())
     assert {"layer0_copying_holds", "negative_similarity_holds"} <= set(content["verdicts"])
     assert any("Claim 1" in n for n in content["notes"])
+
+
+# The default task (config/config.yaml: modular, p = 11, length 16, (a, b) pairs held out) on a
+# smaller model than the default's affine_gpt (d_model 64, 300 steps: ~20 s here, against the
+# default's ~2 minutes), trained once for the tests below.
+DEFAULT_TASK = {"kind": "affine", "modulus": 11, "length": 16, "heldout_fraction": 0.1}
+SMALL_TRAIN = {
+    "data": "affine",
+    "n_layers": 3,
+    "d_model": 64,
+    "n_heads": 4,
+    "d_mlp": 256,
+    "context": 32,
+    "steps": 300,
+    "batch_size": 64,
+    "lr": 0.003,
+    "eval_every": 300,
+    "n_eval": 200,
+}
+
+
+@pytest.fixture(scope="module")
+def trained_on_default_task(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("affine") / "m"
+    train_model(
+        "m", {"train": SMALL_TRAIN}, {"task": DEFAULT_TASK}, None, out, None, progress=False
+    )
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    task = AffineTask.from_spec(DEFAULT_TASK)
+    train, held = task.split()
+    x, _ = task.generate(held, 300, np.random.default_rng(1))
+    seen, _ = task.generate(train, 300, np.random.default_rng(2))
+    result = affine.analyse_model(model, tok, x, bayes=task.bayes_accuracy(x), train_values=seen)
+    return result
+
+
+def test_trained_model_is_measured_against_the_bayes_optimal_predictor(trained_on_default_task):
+    result = trained_on_default_task
+    gap = result["bayes_gap"]
+    p = DEFAULT_TASK["modulus"]
+    # Modulo a prime, x_0, x_1, x_2 determine (a, b) (or the sequence is constant): certain from 3.
+    assert gap["determined_from"] == 3
+    assert result["bayes_accuracy"][3:] == pytest.approx([1.0] * 13)
+    assert result["bayes_accuracy"][0] == pytest.approx(1 / p, abs=0.05)
+    assert gap["ratio"] == pytest.approx(
+        list(np.asarray(result["accuracy"]) / np.asarray(result["bayes_accuracy"]))
+    )
+    # Trained: far above chance over the determined positions, on pairs it never saw.
+    assert result["accuracy_from_min"] > 3 / p
+    assert len(result["accuracy_train_pairs"]) == 16
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="held-out (a, b): every triple (x_0, x_1, x_2) is unseen in training, so the model must "
+    "compute x_3 by modular arithmetic; in a CPU budget it memorises the training pairs and copies "
+    "at lag ord(a) instead (issue 17 notes: no configuration tried reached the bar)",
+)
+def test_trained_model_reaches_ninety_percent_of_bayes_from_the_determined_position(
+    trained_on_default_task,
+):
+    assert trained_on_default_task["bayes_gap"]["reaches_bar"]
 
 
 def test_affine_config_cross_checks():

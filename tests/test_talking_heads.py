@@ -32,12 +32,17 @@ from residual_dynamics.studies.talking_heads.weights import (
     KINDS,
     HeadWeights,
     TalkingHeadsError,
+    add_twin_null,
     check_gpt2,
     composition_analysis,
+    dominant_component,
+    flag_components,
+    flag_summary,
     gram_core,
     head_weights,
     select_heads,
     top_outliers,
+    upper_p,
     weights_analysis,
 )
 from tiny_models import make_tokenizer, save_tiny_model
@@ -171,26 +176,34 @@ def normalised(x, eps):
     )
 
 
-def test_ov_from_the_weights_equals_the_models_attention_output():
-    """One token attends only to itself: attention output = n(x) @ sum_h OV_h (biases zero)."""
+@pytest.mark.parametrize("fold", ["scale", "transformer_lens"])
+def test_ov_from_the_weights_equals_the_models_attention_output(fold):
+    """One token attends only to itself: attention output = n(x) @ sum_h OV_h (biases zero);
+    with TransformerLens's fold, W_O is centred, so the output less its mean over d_model."""
     model, _ = gpt2_without_biases()
-    w = head_weights(model)
+    w = head_weights(model, fold=fold)
     block = model.transformer.h[1]
     ln = capture(block.ln_1, lambda: model(input_ids=torch.tensor([[7]])))
     attn = capture(block.attn, lambda: model(input_ids=torch.tensor([[7]])))
     x = normalised(ln["in"][0, 0].double(), block.ln_1.eps).numpy()
     expected = x @ sum(w.ov(1, h) for h in range(w.n_heads))
-    np.testing.assert_allclose(attn["out"][0][0, 0].double().numpy(), expected, atol=1e-5)
-    # One head's own write, projected on a direction, as the steering scale reads it.
+    out = attn["out"][0][0, 0].double().numpy()
+    if fold == "transformer_lens":
+        out = out - out.mean()
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    # One head's own write, projected on a direction, as the steering scale reads it (a
+    # direction with no all-ones part, which the centred W_O cannot write).
     direction = np.random.default_rng(0).normal(size=32)
+    direction -= direction.mean()
     runner = Runner(model, pad_id=0)
     projection = head_write_projection(runner, [[7]], 1, 2, direction)
     np.testing.assert_allclose(projection, [x @ w.ov(1, 2) @ direction], rtol=1e-4)
 
 
-def test_qk_from_the_weights_gives_the_models_attention_pattern():
+@pytest.mark.parametrize("fold", ["scale", "transformer_lens"])
+def test_qk_from_the_weights_gives_the_models_attention_pattern(fold):
     model, _ = gpt2_without_biases(seed=2)
-    w = head_weights(model)
+    w = head_weights(model, fold=fold)
     ids = torch.tensor([[5, 9, 12, 30]])
     with torch.no_grad():
         out = model(input_ids=ids, output_attentions=True)
@@ -222,6 +235,191 @@ def test_last_token_attention_equals_the_model_with_biases():
         np.testing.assert_allclose(
             mine[0].numpy(), out.attentions[1][0, head, -1].numpy(), atol=1e-5
         )
+
+
+# --- TransformerLens's LayerNorm fold ----------------------------------------------------------
+
+
+def gpt2_with_layernorm_parameters(seed=0):
+    """A tiny GPT-2 LM with non-trivial LayerNorm scales and biases and attention biases."""
+    tokenizer = laundry_tokenizer()
+    model = tiny_gpt2(tokenizer, n_layers=3, seed=seed)
+    model.set_attn_implementation("eager")
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 1:
+                base = 1.0 if name.endswith("ln_1.weight") or "ln_2.weight" in name else 0.0
+                param.copy_(base + 0.3 * torch.randn(param.shape, generator=g))
+    return model
+
+
+def test_transformer_lens_fold_reads_the_uncentred_stream():
+    """Independent of TransformerLens: with ln_1's and c_attn's biases zero, the model's q, k, v
+    of head h are (x / sigma(x)) @ W_{Q,K,V}[h] for the raw, uncentred residual x exactly when
+    the reading weights carry the scale and are centred over d_model (the fold is exact); the
+    scale-only fold misses the mean of x."""
+    model = gpt2_with_layernorm_parameters()
+    with torch.no_grad():
+        model.transformer.wte.weight.add_(0.5)  # a stream with a clear mean over d_model
+        for block in model.transformer.h:
+            block.ln_1.bias.zero_()
+            block.attn.c_attn.bias.zero_()
+    ids = torch.tensor([[5, 9, 12, 30, 7]])
+    d, dh = 32, 8
+    for fold, exact in (("transformer_lens", True), ("scale", False)):
+        w = head_weights(model, fold=fold)
+        for layer in (0, 2):
+            block = model.transformer.h[layer]
+            seen = capture(block.ln_1, lambda: model(input_ids=ids))
+            qkv = capture(block.attn.c_attn, lambda: model(input_ids=ids))["out"][0].double()
+            x = seen["in"][0].double()
+            x = x / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + block.ln_1.eps)
+            assert x.mean(-1).abs().min() > 0.2  # the stream has a mean for the fold to remove
+            for head in range(4):
+                for part, name in enumerate(("W_Q", "W_K", "W_V")):
+                    got = x.numpy() @ getattr(w, name)[layer, head]
+                    cols = slice(part * d + head * dh, part * d + (head + 1) * dh)
+                    close = np.allclose(got, qkv[:, cols].numpy(), atol=1e-5)
+                    assert close == exact, (fold, layer, head, name)
+
+
+def test_centred_writing_weights_leave_the_logits_unchanged():
+    """TransformerLens's centred W_O (and output bias) put in place of GPT-2's c_proj give the same
+    logits: every reader of the stream is a LayerNorm, blind to the all-ones direction. The
+    same swap with W_O changed off that direction does change them."""
+    model = gpt2_with_layernorm_parameters(seed=3)
+    ids = torch.tensor([[2, 10, 20, 30, 11]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits.clone()
+    w = head_weights(model, fold="transformer_lens")
+    np.testing.assert_allclose(w.W_O.sum(axis=-1), 0, atol=1e-12)  # rows centred
+    raw = [
+        b.attn.c_proj.weight.detach().double().numpy().reshape(4, 8, 32)
+        for b in model.transformer.h
+    ]
+    # The centred rows differ from the raw ones by a multiple of the all-ones vector only.
+    for layer, matrix in enumerate(raw):
+        difference = matrix - w.W_O[layer]
+        np.testing.assert_allclose(difference, difference[..., :1].repeat(32, -1), atol=1e-12)
+    with torch.no_grad():
+        for layer, block in enumerate(model.transformer.h):
+            block.attn.c_proj.weight.copy_(torch.from_numpy(w.W_O[layer].reshape(32, 32)))
+            block.attn.c_proj.bias.sub_(block.attn.c_proj.bias.mean())
+        after = model(input_ids=ids).logits
+        torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+        block = model.transformer.h[1]
+        block.attn.c_proj.weight.add_(0.5 * torch.randn(32, 32))
+        assert (model(input_ids=ids).logits - before).abs().max() > 1e-3
+
+
+# --- the nulls for component z -----------------------------------------------------------------
+
+
+def test_upper_p_counts_the_null_at_or_above():
+    rng = np.random.default_rng(0)
+    null = rng.normal(size=(5, 40))
+    null[2, :3] = np.nan
+    observed = rng.normal(size=(5, 6))
+    observed[1, 0] = null[1, 7]  # ties count as at or above
+    observed[3, 1] = np.nan
+    p = upper_p(observed, null)
+    for row in range(5):
+        for col in range(6):
+            x = observed[row, col]
+            if np.isnan(x):
+                assert np.isnan(p[row, col])
+                continue
+            count = np.sum(np.nan_to_num(null[row], nan=-np.inf) >= x)
+            assert p[row, col] == pytest.approx((1 + count) / 41)
+
+
+# GPT-2 small's width (d_model 768, 12 heads of 64); 4 of its 12 layers keep each test well under
+# 30 s on two cores (12 layers: 9504 head pairs, several minutes there); the null is per head pair,
+# so its calibration does not depend on the depth.
+GPT2_SMALL = {"n_embd": 768, "n_head": 12, "n_layer": 4}
+ROTATIONS = 100  # the family-wise p can reach 1 / 101 < 0.01
+
+
+@pytest.fixture(scope="module")
+def gpt2_small_shaped():
+    """A randomly initialised GPT-2 of GPT-2 small's width (no download), its weights and their
+    composition analysis with the rotation null."""
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    model = GPT2Model(
+        GPT2Config(vocab_size=16, n_positions=16, bos_token_id=0, eos_token_id=0, **GPT2_SMALL)
+    )
+    weights = head_weights(model, fold="transformer_lens")
+    data = composition_analysis(weights, "random", null_rotations=ROTATIONS, null_seed=0)
+    return weights, flag_components(data, 0.01)
+
+
+def test_rotation_null_flags_about_one_percent_of_random_gpt2_small_components(gpt2_small_shaped):
+    """z alone has no null (random weights reach ~4.5 SD here, ~5 at GPT-2 small's depth); at the
+    rotation null's 1 % level at most 2 % of random weights' components are flagged."""
+    _, data = gpt2_small_shaped
+    for kind in KINDS:
+        assert float(data["component_z"].sel(kind=kind).max()) > 3.5
+        summary = flag_summary(data, kind)
+        assert summary["n_components"] == 64 * 144 * 6  # (12 x 6 later-layer heads) x 64 x 12
+        assert 0.003 <= summary["share_flagged"] <= 0.02, (kind, summary)
+    p = data["component_p"].values
+    assert np.nanmin(p) == pytest.approx(1 / (1 + ROTATIONS * 64))
+    # Picking the top of all components feeding a head needs the family-wise null: at a
+    # per-component 1 % the top one into every last-layer head would pass.
+    last = [f"3.{h}" for h in range(12)]
+    assert all(data["component_p"].sel(kind="q", target=t).min() <= 0.01 for t in last)
+    verdicts = [dominant_component(data, "q", t)["verdict"] for t in last]
+    assert verdicts.count("reproduced") <= 1, verdicts
+
+
+def test_planted_component_in_gpt2_small_is_the_top_outlier_and_flagged(gpt2_small_shaped):
+    """Head 1.5 gets a component writing along e (not its largest), and head 3.7's query reads e:
+    the top Q-composition outlier of the whole model, flagged by the rotation null and by the
+    untrained twin (the unplanted random model)."""
+    weights, twin = gpt2_small_shaped
+    planted = HeadWeights(
+        *(a.copy() for a in (weights.W_Q, weights.W_K, weights.W_V, weights.W_O, weights.gamma)),
+        fold=weights.fold,
+    )
+    rng = np.random.default_rng(1)
+
+    def unit_outside(others):
+        """A unit vector orthogonal to the all-ones vector (the fold centres) and to ``others``."""
+        basis, _ = np.linalg.qr(np.column_stack([np.ones(768), *others]))
+        v = rng.normal(size=768)
+        v -= basis @ (basis.T @ v)
+        return v / np.linalg.norm(v)
+
+    # Head 1.5's component 3 becomes read -> e exactly, orthogonal to the rest of its OV, with a
+    # singular value in the middle of the head's spectrum (not the largest).
+    v_rest = np.delete(weights.W_V[1, 5], 3, axis=1)
+    o_rest = np.delete(weights.W_O[1, 5], 3, axis=0)
+    read, e = unit_outside(v_rest.T), unit_outside(o_rest)
+    rest = np.linalg.svd(v_rest @ o_rest, compute_uv=False)[:63]
+    middle = float(rest[20] + rest[21]) / 2  # between two of the rest's: no tie to mix them
+    planted.W_V[1, 5][:, 3] = np.sqrt(middle) * read
+    planted.W_O[1, 5][3] = np.sqrt(middle) * e
+    # Head 3.7's query reads e (one of its 64 columns, at twice the columns' mean norm).
+    column_norm = np.linalg.norm(weights.W_Q[3, 7], axis=0).mean()
+    planted.W_Q[3, 7][:, 0] = 2 * column_norm * e
+    data = composition_analysis(planted, "planted", null_rotations=ROTATIONS, null_seed=0)
+    data = flag_components(add_twin_null(data, twin), 0.01)
+    s = data["singular_value"].sel(source="1.5").values
+    top = top_outliers(data, kind="q", n=2)
+    first = top[0]
+    assert (first["source"], first["target"]) == ("1.5", "3.7")
+    direction = data["write_direction"].sel(source="1.5", component=first["component"]).values
+    assert abs(direction @ e) > 0.999
+    assert first["component"] > 0 and s[first["component"]] < s[0]  # found by score, not index
+    assert first["flagged"] and first["p"] < 0.001 and first["p_twin"] < 0.001
+    assert first["z"] > top[1]["z"] + 1
+    claim = dominant_component(data, "q", "3.7")
+    assert claim["label"] == first["label"] and claim["verdict"] == "reproduced"
+    assert claim["family_p"] == pytest.approx(1 / (1 + ROTATIONS))
+    assert claim["z"] > claim["twin_max_z"]
 
 
 # --- the planted channel -----------------------------------------------------------------------
@@ -401,7 +599,8 @@ def test_gpt2_config_validates_without_the_network():
 
 # The parts of the talking_heads config block each rule passes on.
 WEIGHTS_SETTINGS = {
-    "fold_ln": True,
+    "fold": "transformer_lens",
+    "nulls": {"rotations": 20, "seed": 0, "alpha": 0.01},
     "heads": {"mover_head": None, "inhibition_heads": None, "n_inhibition_heads": 2, "kind": "q"},
 }
 LAUNDRY_SETTINGS = {
@@ -424,8 +623,12 @@ def test_module_end_to_end_on_a_tiny_gpt2(tmp_path):
 
     tokenizer = laundry_tokenizer()
     model = tiny_gpt2(tokenizer, n_layers=3, seed=7)
-    weights = weights_analysis(model, "tiny", **WEIGHTS_SETTINGS)
+    twin = tiny_gpt2(tokenizer, n_layers=3, seed=8)
+    weights = weights_analysis(model, "tiny", **WEIGHTS_SETTINGS, twin=twin)
     assert weights.attrs["heads_automatic"] == ["mover", "inhibition"]
+    assert weights.attrs["fold"] == "transformer_lens"
+    assert {"component_p", "component_p_twin", "component_flagged"} <= set(weights)
+    assert {"null_max_z", "twin_max_z", "twin_share_flagged"} <= set(weights)
     assert weights.attrs["mover_head"].startswith("2.")
     write_dataset_atomic(weights, tmp_path / "weights.zarr", text_as_object=True)
     weights = xr.open_zarr(tmp_path / "weights.zarr").load()
@@ -469,6 +672,12 @@ def test_module_end_to_end_on_a_tiny_gpt2(tmp_path):
         "tiny-grid",
     ]
     assert "64 %" in section.figures[2].caption and "86 %" in section.figures[3].caption
+    assert "flagged" in section.figures[1].caption and "Verdict" in section.figures[1].caption
+    outliers = section.tables[0]
+    assert outliers.columns[-3:] == ["p (rotations)", "p (untrained twin)", "flagged"]
+    assert all(row[-1] in ("yes", "no") for row in outliers.rows)
+    assert any("fold: transformer_lens</code> (the default" in note for note in section.notes)
+    assert any("rotated at random" in note for note in section.notes)
 
 
 def test_laundry_list_is_skipped_on_a_tokenizer_without_the_objects(tmp_path, caplog):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 import yaml
 
@@ -234,15 +235,21 @@ def test_sharded_store_equals_a_single_extraction(tiny_run, monkeypatch):
     monkeypatch.chdir(work)  # the test case's paths are relative to its working directory
     filled = validate_config(config, work)
     single = work / "single.zarr"
-    record_activations(
-        model_name="tiny_llama",
-        model_spec=filled["models"]["tiny_llama"],
-        dataset_name="texts",
-        dataset_path=work / "results" / "data" / "texts.parquet",
-        out_path=single,
-        extraction={**filled["extraction"], "n_shards": 1},
-        progress=False,
-    )
+    # With the threads the rule's jobs had (TWO_JOBS: one each), so that the bits can agree.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        record_activations(
+            model_name="tiny_llama",
+            model_spec=filled["models"]["tiny_llama"],
+            dataset_name="texts",
+            dataset_path=work / "results" / "data" / "texts.parquet",
+            out_path=single,
+            extraction={**filled["extraction"], "n_shards": 1},
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(threads)
     merged = open_store(work / "results" / "activations" / "tiny_llama" / "texts.zarr")
     alone = open_store(single)
     np.testing.assert_array_equal(merged["resid"][:], alone["resid"][:])

@@ -1,5 +1,6 @@
 """Rule affine_analysis: one GPT-2-style model on the held-out task sequences -> analysis.json."""
 
+import numpy as np
 import torch
 
 from residual_dynamics.inputs import datasets
@@ -10,7 +11,6 @@ from residual_dynamics.io.logs import setup_logging
 from residual_dynamics.studies.affine import analysis as affine
 
 setup_logging(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
 params = snakemake.params
 
 frame, _ = datasets.read_dataset(snakemake.input.dataset)
@@ -18,13 +18,19 @@ values = texts_to_sequences(frame["text"])
 if params.n_sequences is not None:
     values = values[: params.n_sequences]
 task = AffineTask.from_spec(params.task, f"datasets.{params.dataset}.task")
+# Sequences of the training pairs (seeded apart from the dataset's): memorised or learnt?
+train_values, _ = task.generate(task.split()[0], len(values), np.random.default_rng([7, 17]))
 loaded = load_model(snakemake.wildcards.model, params.spec, params.device, with_head=True)
+# A small model's matrices are too small to split over threads (inputs.training.intra_op_threads).
+torch.set_num_threads(1 if loaded.model.config.n_embd <= 256 else snakemake.threads)
 result = affine.analyse_model(
     loaded.model.cpu(),
     loaded.tokenizer,
     values,
-    bayes=task.bayes_accuracy(values[:200]),
+    # Exact per sequence: the posterior over every (a, b) of the task's prior given the prefix.
+    bayes=task.bayes_accuracy(values),
     min_position=params.min_position,
+    train_values=train_values,
 )
 result["model"] = snakemake.wildcards.model
 result["source"] = loaded.source

@@ -12,7 +12,7 @@ TALKING_HEADS_FIGURES = f"{RESULTS}/figures/{{model}}/talking_heads"
 
 rule talking_heads_weights:
     """Weights only: composition scores of every head pair, SVD components of each OV scored
-    against every later head, and the mover/feeding heads."""
+    against every later head with their nulls, and the mover/feeding heads."""
     input:
         model=model_files,
     output:
@@ -29,8 +29,9 @@ rule talking_heads_weights:
     params:
         spec=model_spec,
         config_key=lambda w: model_key(config, "talking_heads", w.model),
-        fold_ln=TALKING_HEADS["fold_ln"],
+        fold=TALKING_HEADS["fold"],
         heads=TALKING_HEADS["heads"],
+        nulls=TALKING_HEADS["nulls"],
     script:
         "../../scripts/talking_heads_weights.py"
 

@@ -9,7 +9,9 @@ held-out (a, b) sequences:
 * layer-0 copying: attention by relative offset, the OV circuit's copying score, and the logit
   lens after block 0 (does it name the current value x_n, the previous x_{n-1}, or the answer?);
 * last-layer heads: the pre-softmax QK score regressed on the cosine of the query's and the key's
-  token embeddings within each query (a negative slope is a negative-similarity head), and the
+  token embeddings within each query (a negative slope is a negative-similarity head), over keys
+  holding other tokens than the query's (its own key and same-token keys, at cosine 1, would
+  dominate the fit; the fit over every key is kept for comparison), and the
   direct logit attribution (DLA) of each head to the answer and to the layer-0 estimate;
 * zero and mean ablation of every head, every attention layer and every MLP.
 
@@ -17,83 +19,64 @@ Conventions: token position 0 is BOS and position t >= 1 holds x_{t-1}; the logi
 predict x_t, so "position n" below is the index of the predicted value. LayerNorm is handled by
 freezing the measured scale (DLA) or by applying the block's own LayerNorm to the embeddings (OV
 circuit); the figures and the report say so.
+
+The model handles (``GPT2View``, token ids, the input hook) are in ``view``, the attention scores
+and the QK-vs-cosine fit in ``attention``; their names are re-exported here, where callers take
+them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from residual_dynamics.studies.affine.attention import (
+    attention_scores,
+    masked_centred,
+    mean_attention_by_offset,
+    similarity_masks,
+    similarity_regression,
+    within_query_slope,
+)
+from residual_dynamics.studies.affine.view import (
+    AffineAnalysisError,
+    GPT2View,
+    capture_inputs,
+    token_ids,
+)
 
-class AffineAnalysisError(ValueError):
-    """The model cannot be analysed this way; the message says why."""
-
-
-@dataclass
-class GPT2View:
-    """Handles on a GPT-2 LM's parts (``GPT2LMHeadModel``)."""
-
-    model: torch.nn.Module
-
-    def __post_init__(self):
-        if getattr(self.model.config, "model_type", None) != "gpt2":
-            raise AffineAnalysisError(
-                f"affine analyses need a GPT-2-style model, got "
-                f"{getattr(self.model.config, 'model_type', '?')!r}; set affine.models to "
-                "`train:` models with architecture gpt2"
-            )
-        if not hasattr(self.model, "lm_head"):
-            raise AffineAnalysisError("load the model with its LM head (with_head=True)")
-
-    @property
-    def blocks(self):
-        return self.model.transformer.h
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.blocks)
-
-    @property
-    def n_heads(self) -> int:
-        return self.model.config.n_head
-
-    @property
-    def d_head(self) -> int:
-        return self.model.config.n_embd // self.n_heads
-
-    def unembed(self) -> torch.Tensor:
-        """(vocab, d) rows of the unembedding."""
-        return self.model.lm_head.weight
-
-    def head_weights(self, layer: int, head: int):
-        """(W_Q, W_K, W_V (d, d_head), b_Q, b_K, b_V, W_O (d_head, d)) of one head."""
-        attn = self.blocks[layer].attn
-        d, dh = self.model.config.n_embd, self.d_head
-        w, b = attn.c_attn.weight, attn.c_attn.bias  # Conv1D: (d, 3d), x @ w + b
-        sl = slice(head * dh, (head + 1) * dh)
-        parts = [w[:, i * d : (i + 1) * d][:, sl] for i in range(3)]
-        biases = [b[i * d : (i + 1) * d][sl] for i in range(3)]
-        w_o = attn.c_proj.weight[sl, :]
-        return (*parts, *biases, w_o)
-
-
-# --------------------------------------------------------------------------------------------
-# inputs
-
-
-def token_ids(tokenizer, values: np.ndarray) -> torch.Tensor:
-    """BOS-first token ids of integer sequences (one token per value)."""
-    ids = tokenizer.convert_tokens_to_ids([str(v) for v in range(int(values.max()) + 1)])
-    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
-        raise AffineAnalysisError("the model's tokenizer has no token for some task values")
-    lookup = np.asarray(ids)
-    bos = np.full((len(values), 1), tokenizer.bos_token_id)
-    return torch.from_numpy(np.concatenate([bos, lookup[values]], axis=1).astype(np.int64))
+# Callers take the view and attention names from here too.
+__all__ = [
+    "ablate",
+    "ablation_table",
+    "ablation_targets",
+    "accuracy_and_loss",
+    "AffineAnalysisError",
+    "analyse_model",
+    "attention_scores",
+    "attribute",
+    "BAYES_BAR",
+    "bayes_gap",
+    "capture_inputs",
+    "component_means",
+    "copying_scores",
+    "final_scale",
+    "GPT2View",
+    "head_logit_attribution",
+    "lens_hits",
+    "masked_centred",
+    "mean_attention_by_offset",
+    "ov_circuit",
+    "residual_components",
+    "similarity_masks",
+    "similarity_regression",
+    "target_name",
+    "token_ids",
+    "within_query_slope",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,22 +97,7 @@ def accuracy_and_loss(model, ids: torch.Tensor, batch: int = 500) -> tuple[np.nd
 
 
 # --------------------------------------------------------------------------------------------
-# attention
-
-
-@contextlib.contextmanager
-def _capture_inputs(modules: dict):
-    """Record the input of each module during a forward pass."""
-    seen: dict = {}
-    handles = [
-        m.register_forward_pre_hook(lambda _m, args, key=key: seen.__setitem__(key, args[0]))
-        for key, m in modules.items()
-    ]
-    try:
-        yield seen
-    finally:
-        for h in handles:
-            h.remove()
+# forward hooks
 
 
 @contextlib.contextmanager
@@ -143,50 +111,11 @@ def _capture_heads_and_mlps(view: GPT2View, extra: dict | None = None):
         for li, b in enumerate(view.blocks)
     ]
     try:
-        with _capture_inputs(modules) as seen:
+        with capture_inputs(modules) as seen:
             yield seen, outputs
     finally:
         for h in handles:
             h.remove()
-
-
-@torch.no_grad()
-def attention_scores(view: GPT2View, ids: torch.Tensor, layer: int) -> torch.Tensor:
-    """Pre-softmax causal attention scores (n, heads, T, T) of a layer; -inf above the diagonal.
-
-    Recomputed from the block's LayerNorm input with the head's own Q/K weights (and GPT-2's
-    1/sqrt(d_head) scale), so the pattern and the scores come from one place (softmax of these
-    equals the model's attention weights; tested).
-    """
-    block = view.blocks[layer]
-    with _capture_inputs({"x": block.attn}) as seen:
-        view.model(input_ids=ids)
-    x = seen["x"]  # the output of ln_1, the attention's input
-    d = view.model.config.n_embd
-    q, k, _ = block.attn.c_attn(x).split(d, dim=2)
-    n, t, _ = q.shape
-    q = q.view(n, t, view.n_heads, view.d_head).transpose(1, 2)
-    k = k.view(n, t, view.n_heads, view.d_head).transpose(1, 2)
-    scores = q @ k.transpose(-1, -2) * block.attn.scaling
-    causal = torch.ones(t, t, dtype=torch.bool).tril()
-    return scores.masked_fill(~causal, float("-inf"))
-
-
-def mean_attention_by_offset(pattern: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean attention by relative offset: (heads, T-1) for offsets 0..T-2 among value tokens,
-    and (heads,) the mean attention to BOS.
-
-    Averaged over queries t >= 1 (value positions) for which the key t - offset is a value
-    (>= 1); position 0 is BOS and is reported separately.
-    """
-    pattern = torch.as_tensor(pattern, dtype=torch.float64)
-    n, h, t, _ = pattern.shape
-    by_offset = np.zeros((h, t - 1))
-    for offset in range(t - 1):
-        queries = torch.arange(1 + offset, t)
-        by_offset[:, offset] = pattern[:, :, queries, queries - offset].mean(dim=(0, 2)).numpy()
-    to_bos = pattern[:, :, 1:, 0].mean(dim=(0, 2)).numpy()
-    return by_offset, to_bos
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,58 +222,6 @@ def lens_hits(view: GPT2View, ids: torch.Tensor, layer: int) -> dict[str, np.nda
     out["current"][0] = np.nan
     out["previous"][:2] = np.nan
     return out, top
-
-
-# --------------------------------------------------------------------------------------------
-# negative similarity
-
-
-def within_query_slope(scores, cosines, mask) -> tuple[float, float]:
-    """OLS slope and correlation of score on cosine after removing each query's mean (softmax
-    ignores a per-query shift). Arrays (queries, keys); ``mask`` marks the pairs that count."""
-    s = np.where(mask, scores, np.nan)
-    c = np.where(mask, cosines, np.nan)
-    s = s - np.nanmean(s, axis=1, keepdims=True)
-    c = c - np.nanmean(c, axis=1, keepdims=True)
-    keep = mask & np.isfinite(s) & np.isfinite(c)
-    x, y = c[keep], s[keep]
-    var = float((x * x).sum())
-    if var == 0:
-        return float("nan"), float("nan")
-    slope = float((x * y).sum() / var)
-    r = float((x * y).sum() / math.sqrt(var * float((y * y).sum()) + 1e-300))
-    return slope, r
-
-
-@torch.no_grad()
-def similarity_regression(view: GPT2View, ids: torch.Tensor, layer: int, min_position: int = 3):
-    """Per head of ``layer``: slope and r of the pre-softmax QK score on the cosine between the
-    query's and the key's token embeddings, over queries predicting x_n for n >= min_position
-    and keys on value tokens (BOS excluded). Returns (slopes, rs, sample (cos, score) of head
-    with the most negative slope for plotting)."""
-    scores = attention_scores(view, ids, layer).numpy()  # (n, H, T, T)
-    emb = view.model.transformer.wte.weight[ids]  # (n, T, d)
-    emb = emb / emb.norm(dim=-1, keepdim=True)
-    cos = (emb @ emb.transpose(1, 2)).numpy()  # (n, T, T)
-    n, h, t, _ = scores.shape
-    mask = np.zeros((t, t), dtype=bool)
-    for q in range(min_position, t):
-        mask[q, 1 : q + 1] = True
-    slopes, rs = np.zeros(h), np.zeros(h)
-    for head in range(h):
-        s = scores[:, head][:, mask.any(1)]  # (n, queries, keys)
-        c = cos[:, mask.any(1)]
-        m = np.broadcast_to(mask[mask.any(1)], s.shape)
-        slopes[head], rs[head] = within_query_slope(
-            s.reshape(-1, t), c.reshape(-1, t), m.reshape(-1, t)
-        )
-    best = int(np.argmin(slopes))
-    s = scores[:, best][:, mask.any(1)]
-    c = cos[:, mask.any(1)]
-    m = np.broadcast_to(mask[mask.any(1)], s.shape)
-    s = s - np.nanmean(np.where(m, s, np.nan), axis=-1, keepdims=True)
-    c = c - np.nanmean(np.where(m, c, np.nan), axis=-1, keepdims=True)
-    return slopes, rs, best, np.stack([c[m], s[m]], axis=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,6 +358,33 @@ def head_logit_attribution(
     return out
 
 
+# The share of the Bayes-optimal accuracy a trained model must reach at every position from the
+# first one where the recurrence is determined (the issue's bar).
+BAYES_BAR = 0.9
+
+
+def bayes_gap(accuracy, bayes, bar: float = BAYES_BAR) -> dict:
+    """The model's accuracy per position against the Bayes-optimal predictor's on the same
+    sequences: their ratio, the first position where the Bayes-optimal predictor is certain
+    (the recurrence is determined for every sequence), and whether the model reaches ``bar`` of
+    it at every position from there."""
+    acc = np.asarray(accuracy, dtype=float)
+    ideal = np.asarray(bayes, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(ideal > 0, acc / ideal, np.nan)
+    certain = np.flatnonzero(ideal >= 1 - 1e-9)
+    first = int(certain[0]) if len(certain) else None
+    tail = ratio[first:] if first is not None else np.array([])
+    return {
+        "ratio": ratio.tolist(),
+        "determined_from": first,
+        "min_ratio_determined": float(np.nanmin(tail)) if len(tail) else None,
+        "mean_ratio_determined": float(np.nanmean(tail)) if len(tail) else None,
+        "bar": bar,
+        "reaches_bar": bool(len(tail) and np.nanmin(tail) >= bar),
+    }
+
+
 def analyse_model(
     model,
     tokenizer,
@@ -489,12 +393,20 @@ def analyse_model(
     min_position: int = 3,
     n_scatter: int = 4000,
     seed: int = 0,
+    train_values: np.ndarray | None = None,
 ) -> dict:
-    """Every measurement of the study on one GPT-2 LM (``load_model(..., with_head=True)``)."""
+    """Every measurement of the study on one GPT-2 LM (``load_model(..., with_head=True)``).
+
+    ``values``: held-out (a, b) sequences; ``train_values`` (optional): sequences of the training
+    pairs, whose accuracy per position tells memorised pairs from a recurrence learnt in context.
+    """
     view = GPT2View(model)
     ids = token_ids(tokenizer, values)
     value_tokens = ids[:, 1:].unique()
     acc, loss = accuracy_and_loss(model, ids)
+    train_acc = None
+    if train_values is not None:
+        train_acc, _ = accuracy_and_loss(model, token_ids(tokenizer, train_values))
     result = {
         "n_sequences": int(len(values)),
         "length": int(values.shape[1]),
@@ -505,6 +417,8 @@ def analyse_model(
         "loss": loss.tolist(),
         "accuracy_from_min": float(acc[min_position:].mean()),
         "bayes_accuracy": None if bayes is None else np.asarray(bayes).tolist(),
+        "bayes_gap": None if bayes is None else bayes_gap(acc, bayes),
+        "accuracy_train_pairs": None if train_acc is None else train_acc.tolist(),
     }
     # layer 0: copying
     pattern = torch.softmax(attention_scores(view, ids, 0), dim=-1)
@@ -526,14 +440,17 @@ def analyse_model(
     result["lens"] = lens
     # last layer: negative similarity and direct logit attribution
     last = view.n_layers - 1
-    slopes, rs, best, points = similarity_regression(view, ids, last, min_position)
+    slopes, rs, best, points, every_key = similarity_regression(view, ids, last, min_position)
     rng = np.random.default_rng(seed)
     if len(points) > n_scatter:
         points = points[rng.choice(len(points), n_scatter, replace=False)]
     result["last_layer"] = {
         "layer": last,
+        "qk_cosine_keys": "other tokens (the query's own key and same-token keys left out)",
         "qk_cosine_slope": slopes.tolist(),
         "qk_cosine_r": rs.tolist(),
+        "qk_cosine_slope_all_keys": every_key[0].tolist(),
+        "qk_cosine_r_all_keys": every_key[1].tolist(),
         "most_negative_head": best,
         "scatter": points.tolist(),
         "dla": head_logit_attribution(view, ids, last, estimate, value_tokens, min_position),

@@ -81,7 +81,8 @@ def section_content(results: dict[str, dict], pngs: dict[str, str]) -> dict:
             "Last layer: negative-similarity heads",
             "Paper: the last layer's heads refine the estimate by attending to values "
             "dissimilar to the query's. Left: pre-softmax QK score against the cosine of the "
-            "query and key token embeddings, centred within each query, for the head with the "
+            "query and key token embeddings, centred within each query, over keys holding other "
+            "tokens than the query's (its own key and same-token keys left out), for the head with the "
             "most negative slope. Right: slope per head, and its direct logit attribution to "
             "the layer-0 estimate where that estimate is wrong (final LayerNorm scale frozen, "
             f"relative to the mean value logit). Measured: {slope_lines}.",
@@ -105,15 +106,55 @@ def section_content(results: dict[str, dict], pngs: dict[str, str]) -> dict:
         ]
         for r in main["ablation"]
     ]
-    tables = [
+    tables = []
+    if bayes:
+        gap = main["bayes_gap"]
+        positions = range(len(main["accuracy"]))
+        twin_columns = list(names[1:])
+        train = main.get("accuracy_train_pairs")
+        tables.append(
+            Table(
+                f"Accuracy per position against the Bayes-optimal predictor ({main_name}, "
+                "held-out (a, b); the training pairs' for comparison)",
+                ["position n", esc(main_name), "Bayes-optimal", "ratio"]
+                + [f"{esc(n)}" for n in twin_columns]
+                + (["training pairs"] if train else []),
+                [
+                    [
+                        n,
+                        fmt(main["accuracy"][n], 3),
+                        fmt(bayes[n], 3),
+                        fmt(gap["ratio"][n], 3),
+                        *(fmt(results[t]["accuracy"][n], 3) for t in twin_columns),
+                        *([fmt(train[n], 3)] if train else []),
+                    ]
+                    for n in positions
+                ],
+            )
+        )
+    tables.append(
         Table(
             f"Ablations of {main_name} (accuracy on positions >= {m}; change in loss)",
             ["component", "zero: accuracy", "zero: Δloss", "mean: accuracy", "mean: Δloss"],
             rows,
         )
-    ]
+    )
     yes = {True: "holds", False: "does not hold"}
-    notes = [
+    notes = []
+    if bayes and main["bayes_gap"]["determined_from"] is not None:
+        gap = main["bayes_gap"]
+        first = gap["determined_from"]
+        notes.append(
+            f"Against the Bayes-optimal predictor (exact per sequence: the posterior over every "
+            f"(a, b) of the task's prior given the prefix): the recurrence is determined from "
+            f"position {first} on, where {esc(main_name)} reaches {fmt(gap['min_ratio_determined'])}"
+            f" of it at the worst position and {fmt(gap['mean_ratio_determined'])} on average "
+            f"(bar: {fmt(gap['bar'])} at every position: "
+            + ("met" if gap["reaches_bar"] else "<b>not met</b>")
+            + "). The claims below are about this model; where it falls short of the bar, it has "
+            "not learnt the recurrence and they describe a partial solution."
+        )
+    notes += [
         f"Claim 1 (copying in layer 0) {yes[v['layer0_copying_holds']]} here: copying heads "
         f"(attention &gt; 0.5 at offset 0&ndash;2 and OV eigen score &gt; 0.5): "
         f"{_heads(0, v['copying_heads_layer0'])}; the lens after "
@@ -128,7 +169,10 @@ def section_content(results: dict[str, dict], pngs: dict[str, str]) -> dict:
         "untrained twin.",
         f"Claim 2 (negative-similarity refinement in the last layer) "
         f"{yes[v['negative_similarity_holds']]} here: heads with a negative QK-cosine slope "
-        f"(r &lt; -0.2): {_heads(last['layer'], v['negative_similarity_heads'])}; "
+        f"(r &lt; -0.2, fitted without the query's own key and without keys holding the query's "
+        f"token, whose cosine of 1 would dominate; r over every key: "
+        + ", ".join(fmt(r) for r in last.get("qk_cosine_r_all_keys", []))
+        + f"): {_heads(last['layer'], v['negative_similarity_heads'])}; "
         f"of these, pushing down a wrong layer-0 estimate: "
         f"{_heads(last['layer'], v['refining_heads'])}.",
         "The task follows the related-analyses description (only the paper's abstract is "

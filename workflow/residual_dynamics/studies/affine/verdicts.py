@@ -29,7 +29,11 @@ def verdicts(result: dict) -> dict:
         h for h, s in enumerate(last["qk_cosine_slope"]) if s < 0 and last["qk_cosine_r"][h] < -0.2
     ]
     refine = [h for h in neg if last["dla"]["estimate_when_wrong"][h] < 0]
+    gap = result.get("bayes_gap") or {}
     return {
+        "determined_from": gap.get("determined_from"),
+        "min_ratio_to_bayes": gap.get("min_ratio_determined"),
+        "reaches_bayes_bar": bool(gap.get("reaches_bar", False)),
         "copying_heads_layer0": copy_heads,
         "layer0_lens_copy_share": copy_lens,
         "layer0_copying_holds": layer0,

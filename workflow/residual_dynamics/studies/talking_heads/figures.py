@@ -74,10 +74,25 @@ def components_figure(data: xr.Dataset, heads: dict, kind: str, title: str):
     fig = plt.figure(figsize=(11, 6.4), constrained_layout=True)
     grid = fig.add_gridspec(2, max(1, len(inhibition)))
     top = fig.add_subplot(grid[0, :])
+    flagged = (
+        data["component_flagged"].sel(kind=kind, target=mover)
+        if "component_flagged" in data
+        else xr.zeros_like(z, dtype=bool)
+    )
     for x, source in enumerate(sources):
         values = z.sel(source=source).values
         colour = PALETTE[1] if source in inhibition else "0.55"
         top.scatter(np.full(values.size, x), values, s=9, color=colour, alpha=0.8, lw=0)
+        hits = flagged.sel(source=source).values
+        if hits.any():
+            top.scatter(
+                np.full(int(hits.sum()), x),
+                values[hits],
+                s=40,
+                facecolors="none",
+                edgecolors=PALETTE[3],
+                lw=0.9,
+            )
     ranked = top_outliers(data, kind=kind, target=mover, n=3)
     for row in ranked:
         x = sources.index(row["source"])
@@ -88,16 +103,19 @@ def components_figure(data: xr.Dataset, heads: dict, kind: str, title: str):
     step = max(1, len(sources) // 24)
     top.set_xticks(range(0, len(sources), step), sources[::step], rotation=90, fontsize=7)
     top.set_ylabel(f"z of component score\ninto {mover} (SD above head mean)")
+    alpha = data.attrs.get("alpha")
+    ringed = f"; ringed: flagged at the nulls' {100 * alpha:g} % level" if alpha else ""
     top.set_title(
         f"{KIND_NAMES[kind]} of every SVD component into mover {mover} "
-        "(orange: heads feeding the interventions)",
+        f"(orange: heads feeding the interventions{ringed})",
         fontsize=9,
     )
     for column, source in enumerate(inhibition):
         ax = fig.add_subplot(grid[1, column])
         values = score.sel(source=source).values
         zs = z.sel(source=source).values
-        ax.bar(np.arange(values.size), values, color=[PALETTE[3] if v >= 3 else "0.6" for v in zs])
+        hits = flagged.sel(source=source).values
+        ax.bar(np.arange(values.size), values, color=[PALETTE[3] if h else "0.6" for h in hits])
         best = int(np.nanargmax(zs))
         ax.set_title(f"{source}: top {source}.{best} (z {zs[best]:.1f})", fontsize=9)
         ax.set_xlabel("component (by singular value)")

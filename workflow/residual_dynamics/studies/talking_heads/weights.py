@@ -1,26 +1,12 @@
-"""Talking Heads (Merullo, Eickhoff & Pavlick, arXiv 2406.09519), weights only: each head's OV and
-QK factors read from a GPT-2-style model (``HeadWeights``), the low-rank algebra that scores
-composition without forming d x d products, the composition analysis (whole heads and the SVD
-components of each OV, with their z-scores), the top outliers, and the choice of the mover head and
-the heads feeding it (``weights_analysis``, the ``talking_heads_weights`` rule's dataset).
+"""Talking Heads (Merullo, Eickhoff & Pavlick, arXiv 2406.09519), weights only: the low-rank
+algebra that scores composition without forming d x d products, the composition analysis (whole
+heads and the SVD components of each OV, with their z-scores and their nulls), and the choice of the
+mover head and the heads feeding it (``weights_analysis``, the ``talking_heads_weights`` rule's
+dataset). The head matrices and the LayerNorm fold are in ``folding``, the nulls for z and the
+verdicts read from them in ``nulls``; their names are re-exported here, where callers take them.
 
-Conventions (written once here; the tests hold the code to them)
-------------------------------------------------------------------
-Row vectors, as the model computes: a residual-stream state ``x`` is a row (1, d) and a layer
-maps it by ``x @ W``. In transformers' GPT-2, ``c_attn`` is a Conv1D with weight (d, 3d) so
-``x @ c_attn.weight`` gives [q | k | v]; head h owns columns ``h*dh:(h+1)*dh`` of each third.
-``c_proj.weight`` is (d, d) and head h owns its rows ``h*dh:(h+1)*dh`` (W_O^h, shape (dh, d)).
-
-Per head, with ``g`` the scale (gamma) of the block's ``ln_1`` folded into the input side:
-
-- ``OV = diag(g) W_V W_O``  (d, d): the head writes ``x @ OV`` for a source state ``x``;
-- ``QK = diag(g) W_Q (diag(g) W_K)^T``  (d, d): the pre-softmax score is ``x_q @ QK @ x_k^T``
-  (times the model's 1/sqrt(dh)).
-
-LayerNorm centring, the 1/sigma normalisation and all biases are ignored (the usual weights-only
-reading, as in Elhage et al. 2021 and the paper). In the column-vector convention of Elhage et al.,
-their W_OV is our OV transposed and their W_QK is our QK.
-
+Conventions (the row-vector convention, OV and QK: ``folding``; the tests hold the code to them)
+------------------------------------------------------------------------------------------------
 Composition of an earlier head 1 into a later head 2 (layer(1) < layer(2)), CS(A, B) =
 |A B|_F / (|A|_F |B|_F):
 
@@ -34,12 +20,12 @@ Components: the SVD ``OV1 = sum_i s_i u_i v_i^T`` (s descending, index i from 0)
 reads ``x . u_i`` and writes along ``v_i``. Its composition score with head 2 is
 CS(s_i u_i v_i^T, M2) = |v_i^T M2| / |M2|_F (s_i and u_i cancel). Because the u_i (or, for K, the
 v_i on the other side) are orthonormal, the squared whole-head numerators add up:
-``CS(OV1, M2)^2 = sum_i s_i^2 CS_i^2 / sum_i s_i^2`` (tested). An outlier is a component whose score
-lies many standard deviations (population SD, over that head's components) above the mean of its
-head's components for the same later head: ``z_i = (CS_i - mean_i CS) / std_i CS``.
+``CS(OV1, M2)^2 = sum_i s_i^2 CS_i^2 / sum_i s_i^2`` (tested; the whole-head score is computed
+this way, from the component products). The paper's outlier statistic is
+``z_i = (CS_i - mean_i CS) / std_i CS`` (population SD over the source head's components, for
+one later head).
 
-Everything is computed from the low-rank factors (dh x dh cores), never from d x d products, so
-GPT-2 small (144 heads) takes seconds.
+Everything is computed from the low-rank factors (dh x dh cores), never from d x d products.
 """
 
 from __future__ import annotations
@@ -50,101 +36,71 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-KINDS = ("q", "k", "v")
-KIND_NAMES = {"q": "Q-composition", "k": "K-composition", "v": "V-composition"}
+from residual_dynamics.studies.talking_heads.folding import (
+    FOLD_TEXT,
+    FOLDS,
+    KIND_NAMES,
+    KINDS,
+    HeadWeights,
+    TalkingHeadsError,
+    centred_rows,
+    check_gpt2,
+    gpt2_blocks,
+    head_weights,
+    resolve_fold,
+)
+from residual_dynamics.studies.talking_heads.nulls import (
+    add_twin_null,
+    component_label,
+    component_null,
+    dominant_component,
+    family_p,
+    flag_components,
+    flag_summary,
+    haar_orthogonal,
+    max_z_into,
+    rotation_weights,
+    standardised,
+    top_outliers,
+    upper_p,
+)
 
-
-class TalkingHeadsError(ValueError):
-    """Bad input for the module; the message names the config key and the fix."""
-
-
-@dataclass
-class HeadWeights:
-    """Per-head matrices of a GPT-2-style model, ln_1 scale folded in, float64.
-
-    Shapes: W_Q, W_K, W_V (L, H, d, dh); W_O (L, H, dh, d); gamma (L, d).
-    """
-
-    W_Q: np.ndarray
-    W_K: np.ndarray
-    W_V: np.ndarray
-    W_O: np.ndarray
-    gamma: np.ndarray
-
-    @property
-    def n_layers(self) -> int:
-        return self.W_Q.shape[0]
-
-    @property
-    def n_heads(self) -> int:
-        return self.W_Q.shape[1]
-
-    @property
-    def d_model(self) -> int:
-        return self.W_Q.shape[2]
-
-    @property
-    def d_head(self) -> int:
-        return self.W_Q.shape[3]
-
-    def flat(self, name: str) -> np.ndarray:
-        """(L*H, ...) with heads in order 0.0, 0.1, ..., 1.0, ..."""
-        array = getattr(self, name)
-        return array.reshape(-1, *array.shape[2:])
-
-    def labels(self) -> list[str]:
-        return [f"{layer}.{head}" for layer in range(self.n_layers) for head in range(self.n_heads)]
-
-    def ov(self, layer: int, head: int) -> np.ndarray:
-        return self.W_V[layer, head] @ self.W_O[layer, head]
-
-    def qk(self, layer: int, head: int) -> np.ndarray:
-        return self.W_Q[layer, head] @ self.W_K[layer, head].T
-
-
-def gpt2_blocks(model):
-    """The list of blocks of a GPT-2 model (with or without the LM head)."""
-    base = getattr(model, "transformer", model)
-    return base.h
-
-
-def check_gpt2(config, key: str) -> None:
-    model_type = getattr(config, "model_type", None)
-    if model_type != "gpt2":
-        raise TalkingHeadsError(
-            f"{key}: the talking-heads analysis needs a GPT-2-style model (model_type 'gpt2'), "
-            f"this one is '{model_type}'. Rotary-position models (Llama, Mistral, ...) give no clean "
-            "weights-only Q/K composition; remove it from talking_heads.models"
-        )
-
-
-def head_weights(model, fold_ln: bool = True) -> HeadWeights:
-    """OV/QK factors of every head of a transformers GPT-2 model (ln_1 gamma folded in)."""
-    check_gpt2(model.config, "model")
-    blocks = gpt2_blocks(model)
-    d = model.config.n_embd
-    n_heads = model.config.n_head
-    dh = d // n_heads
-    wq, wk, wv, wo, gammas = [], [], [], [], []
-    for block in blocks:
-        w = block.attn.c_attn.weight.detach().double().cpu().numpy()  # (d, 3d)
-        proj = block.attn.c_proj.weight.detach().double().cpu().numpy()  # (d, d)
-        gamma = block.ln_1.weight.detach().double().cpu().numpy() if fold_ln else np.ones(d)
-        split = [
-            w[:, i * d : (i + 1) * d].reshape(d, n_heads, dh).transpose(1, 0, 2) for i in range(3)
-        ]
-        wq.append(gamma[None, :, None] * split[0])
-        wk.append(gamma[None, :, None] * split[1])
-        wv.append(gamma[None, :, None] * split[2])
-        wo.append(proj.reshape(n_heads, dh, d))
-        gammas.append(gamma)
-    return HeadWeights(
-        W_Q=np.stack(wq),
-        W_K=np.stack(wk),
-        W_V=np.stack(wv),
-        W_O=np.stack(wo),
-        gamma=np.stack(gammas),
-    )
+# Callers take the folding and nulls names from here too.
+__all__ = [
+    "add_twin_null",
+    "centred_rows",
+    "check_gpt2",
+    "component_label",
+    "component_null",
+    "composition_analysis",
+    "dominant_component",
+    "family_p",
+    "flag_components",
+    "flag_summary",
+    "FOLD_TEXT",
+    "FOLDS",
+    "gpt2_blocks",
+    "gram_core",
+    "haar_orthogonal",
+    "head_weights",
+    "heads_of",
+    "HeadWeights",
+    "KIND_NAMES",
+    "KINDS",
+    "max_z_into",
+    "parse_head",
+    "Readers",
+    "readers",
+    "resolve_fold",
+    "rotation_weights",
+    "select_heads",
+    "standardised",
+    "svd_from_factors",
+    "TalkingHeadsError",
+    "top_outliers",
+    "upper_p",
+    "weights_analysis",
+]
 
 
 def gram_core(factor: np.ndarray) -> np.ndarray:
@@ -189,48 +145,72 @@ def readers(weights: HeadWeights) -> Readers:
     return Readers(reader, {"q": qk_norm, "k": qk_norm, "v": ov_norm})
 
 
-def composition_analysis(weights: HeadWeights, model_name: str = "") -> xr.Dataset:
-    """Whole-head composition scores, SVD components of every OV, their scores and z-scores.
+def composition_analysis(
+    weights: HeadWeights,
+    model_name: str = "",
+    *,
+    null_rotations: int = 0,
+    null_seed: int = 0,
+) -> xr.Dataset:
+    """Whole-head composition scores, SVD components of every OV, their scores and z-scores,
+    and (``null_rotations`` > 0) each component's p against the rotation null.
 
     Arrays (NaN where the source head's layer is not below the target's):
-    ``composition`` (kind, source, target), ``component_score`` and ``component_z``
-    (kind, source, component, target), ``singular_value`` (source, component), and
-    ``write_direction`` (source, component, unit): v_i of each component, for steering.
+    ``composition`` (kind, source, target), ``component_score``, ``component_z`` and
+    ``component_p`` (kind, source, component, target), ``singular_value`` (source, component),
+    and ``write_direction`` (source, component, unit): v_i of each component, for steering.
     """
     n_total = weights.n_layers * weights.n_heads
     dh, d = weights.d_head, weights.d_model
     layer_of = np.repeat(np.arange(weights.n_layers), weights.n_heads)
     v_in, w_out = weights.flat("W_V"), weights.flat("W_O")
     read = readers(weights)
-    core_v = gram_core(v_in)  # |OV1 X| = |core(V1) O1 X|
     ov_norm = read.norm["v"]
     u, s, vdir = svd_from_factors(v_in, w_out)
     composition = np.full((3, n_total, n_total), np.nan)
     scores = np.full((3, n_total, dh, n_total), np.nan)
+    z = np.full_like(scores, np.nan)
+    p_null = np.full_like(scores, np.nan)
+    if null_rotations:
+        pool = haar_orthogonal(np.random.default_rng([null_seed, n_total]), dh, null_rotations)
+        family = np.full((len(KINDS), n_total, null_rotations), -np.inf)
     for layer in range(weights.n_layers - 1):
         src = np.flatnonzero(layer_of == layer)
         dst = np.flatnonzero(layer_of > layer)
+        eigen = np.zeros((len(KINDS), len(src), len(dst), dh))
         for k_index, kind in enumerate(KINDS):
             reader = read.reader[kind][dst]  # (n_dst, d, dh)
-            # float32 for the two large products (GPT-2 small: 768 x 8448 per layer): twice as
-            # fast, and scores keep ~1e-6 relative precision (tested against float64 loops).
+            # float32 for the large product (GPT-2 small: 768 x 8448 per layer): twice as fast,
+            # and scores keep ~1e-6 relative precision (tested against float64 loops).
             flat_reader = reader.transpose(1, 0, 2).reshape(d, -1).astype(np.float32)
-            # Whole heads: |core(V1) O1 R2|_F, independent of the SVD.
-            rows = (core_v[src] @ w_out[src]).reshape(-1, d).astype(np.float32) @ flat_reader
-            rows = rows.reshape(len(src), dh, len(dst), dh).astype(np.float64)
-            numer = np.sqrt((rows**2).sum(axis=(1, 3)))
-            composition[k_index][np.ix_(src, dst)] = numer / np.outer(
-                ov_norm[src], read.norm[kind][dst]
-            )
-            # Components: |v_i^T R2| / |M2|.
+            # Components: rows v_i^T R2, (src, i, dst, j); |v_i^T R2| / |M2| is CS_i.
             comp = vdir[src].transpose(0, 2, 1).reshape(-1, d).astype(np.float32) @ flat_reader
             comp = comp.reshape(len(src), dh, len(dst), dh).astype(np.float64)
-            comp = np.sqrt((comp**2).sum(axis=3))
-            scores[k_index][np.ix_(src, np.arange(dh), dst)] = comp / read.norm[kind][dst]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = scores.mean(axis=2, keepdims=True)
-        std = scores.std(axis=2, keepdims=True)
-        z = np.where(std > 0, (scores - mean) / std, np.nan)
+            comp = comp / read.norm[kind][dst][None, None, :, None]
+            squared = (comp**2).sum(axis=3)  # (src, i, dst): CS_i^2
+            scores[k_index][np.ix_(src, np.arange(dh), dst)] = np.sqrt(squared)
+            # Whole heads: |OV1 R2|^2 = sum_i s_i^2 |v_i^T R2|^2 (U has orthonormal columns).
+            whole = (s[src][:, :, None] ** 2 * squared).sum(axis=1)
+            composition[k_index][np.ix_(src, dst)] = np.sqrt(whole) / ov_norm[src][:, None]
+            z[k_index][np.ix_(src, np.arange(dh), dst)] = standardised(
+                np.sqrt(squared).transpose(0, 2, 1)
+            ).transpose(0, 2, 1)
+            if null_rotations:
+                per_pair = comp.transpose(0, 2, 1, 3)  # (src, dst, i, j)
+                eigen[k_index] = np.linalg.eigvalsh(per_pair @ per_pair.transpose(0, 1, 3, 2))
+        if null_rotations:
+            for row, source in enumerate(src):
+                draws = rotation_weights(pool, np.random.default_rng([null_seed, int(source)]))
+                observed = z[:, source][:, :, dst].transpose(0, 2, 1).reshape(-1, dh)
+                p, largest = component_null(eigen[:, row].reshape(-1, dh), observed, draws)
+                p_null[:, source][:, :, dst] = p.reshape(len(KINDS), len(dst), dh).transpose(
+                    0, 2, 1
+                )
+                # Draw r of every source head together is one draw of the whole model (each
+                # head rotated independently): its largest z into each later head.
+                family[:, dst] = np.maximum(
+                    family[:, dst], largest.reshape(len(KINDS), len(dst), null_rotations)
+                )
     labels = weights.labels()
     heads = np.tile(np.arange(weights.n_heads), weights.n_layers)
     coords = {
@@ -244,14 +224,12 @@ def composition_analysis(weights: HeadWeights, model_name: str = "") -> xr.Datas
         "target_layer": ("target", layer_of),
         "target_head": ("target", heads),
     }
-    return xr.Dataset(
+    component_dims = ("kind", "source", "component", "target")
+    data = xr.Dataset(
         {
             "composition": (("kind", "source", "target"), composition.astype(np.float32)),
-            "component_score": (
-                ("kind", "source", "component", "target"),
-                scores.astype(np.float32),
-            ),
-            "component_z": (("kind", "source", "component", "target"), z.astype(np.float32)),
+            "component_score": (component_dims, scores.astype(np.float32)),
+            "component_z": (component_dims, z.astype(np.float32)),
             "singular_value": (("source", "component"), s.astype(np.float32)),
             "write_direction": (
                 ("source", "component", "unit"),
@@ -272,52 +250,23 @@ def composition_analysis(weights: HeadWeights, model_name: str = "") -> xr.Datas
             "d_model": d,
             "d_head": dh,
             "convention": (
-                "row vectors: OV = diag(g) W_V W_O, QK = diag(g) W_Q (diag(g) W_K)^T; "
+                "row vectors: OV = W_V W_O, QK = W_Q W_K^T after the LayerNorm fold; "
                 "q: CS(OV1, QK2), k: CS(OV1, QK2^T), v: CS(OV1, OV2)"
             ),
-            "ln_folding": "ln_1 scale (gamma) folded into W_Q, W_K, W_V; centring, 1/sigma and "
-            "biases ignored",
+            "fold": weights.fold,
+            "ln_folding": FOLD_TEXT[weights.fold],
             "component_index": "0-based, by singular value descending",
             "z_score": "over the source head's components, population SD",
+            "null_rotations": int(null_rotations),
+            "null_seed": int(null_seed),
         },
     )
-
-
-def component_label(source: str, component: int) -> str:
-    return f"{source}.{component}"
-
-
-def top_outliers(
-    data: xr.Dataset, kind: str = "q", target: str | None = None, n: int = 10
-) -> list[dict]:
-    """The n (source, component, target) entries with the highest z for ``kind``."""
-    z = data["component_z"].sel(kind=kind)
-    if target is not None:
-        z = z.sel(target=[target])
-    values = z.values
-    flat = np.where(np.isfinite(values), values, -np.inf).ravel()
-    order = np.argsort(flat)[::-1][:n]
-    rows = []
-    for index in order:
-        if not np.isfinite(flat[index]):
-            break
-        i, c, j = np.unravel_index(index, values.shape)
-        source = str(z["source"].values[i])
-        rows.append(
-            {
-                "source": source,
-                "component": int(c),
-                "target": str(z["target"].values[j]),
-                "label": component_label(source, int(c)),
-                "z": float(values[i, c, j]),
-                "score": float(
-                    data["component_score"]
-                    .sel(kind=kind)
-                    .values[i, c, data.indexes["target"].get_loc(str(z["target"].values[j]))]
-                ),
-            }
-        )
-    return rows
+    if null_rotations:
+        data["component_p"] = (component_dims, p_null.astype(np.float32))
+        # Layer-0 heads have no earlier heads: no family there.
+        family[~np.isfinite(family)] = np.nan
+        data["null_max_z"] = (("kind", "target", "rotation"), family.astype(np.float32))
+    return data
 
 
 def parse_head(label: str, weights_or_data, key: str) -> tuple[int, int]:
@@ -392,15 +341,46 @@ def heads_of(data: xr.Dataset) -> dict:
     }
 
 
-def weights_analysis(model, model_name: str, *, fold_ln: bool, heads: dict) -> xr.Dataset:
-    """The weights-only part for one model: composition, components, and the head selection.
+def weights_analysis(
+    model,
+    model_name: str,
+    *,
+    fold: str | bool,
+    heads: dict,
+    nulls: dict | None = None,
+    twin=None,
+) -> xr.Dataset:
+    """The weights-only part for one model: composition, components, their nulls, and the head
+    selection.
 
-    ``fold_ln`` and ``heads`` are ``talking_heads.fold_ln`` and ``talking_heads.heads``.
+    ``fold``, ``heads`` and ``nulls`` are ``talking_heads.fold``, ``.heads`` and ``.nulls``
+    (rotations, seed, alpha); ``twin`` is the untrained twin (a model of the same architecture
+    with random weights) or None.
     """
-    weights = head_weights(model, fold_ln=fold_ln)
-    data = composition_analysis(weights, model_name)
-    if not fold_ln:
-        data.attrs["ln_folding"] = "not folded (talking_heads.fold_ln: false); biases ignored"
+    nulls = nulls or {}
+    weights = head_weights(model, fold=fold)
+    data = composition_analysis(
+        weights,
+        model_name,
+        null_rotations=int(nulls.get("rotations", 0)),
+        null_seed=int(nulls.get("seed", 0)),
+    )
+    alpha = float(nulls.get("alpha", 0.01))
+    if twin is not None:
+        twin_data = composition_analysis(
+            head_weights(twin, fold=fold),
+            f"{model_name} (twin)",
+            null_rotations=int(nulls.get("rotations", 0)),
+            null_seed=int(nulls.get("seed", 0)),
+        )
+        data = add_twin_null(data, twin_data)
+        if "component_p" in twin_data:
+            # What the rotation null flags in random weights of this architecture: the share
+            # the model's own is compared with.
+            twin_data = flag_components(twin_data, alpha)
+            shares = [flag_summary(twin_data, kind)["share_flagged"] for kind in KINDS]
+            data["twin_share_flagged"] = ("kind", np.asarray(shares, dtype=np.float32))
+    data = flag_components(data, alpha)
     if weights.n_layers < 2:
         raise TalkingHeadsError(
             f"model '{model_name}' has one layer: no head composes with a later one"
