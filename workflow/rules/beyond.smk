@@ -36,7 +36,7 @@ rule layer_geometry:
         f"{RESULTS}/benchmarks/layer_geometry/{{model}}--{{dataset}}.tsv"
     conda:
         "../../envs/analysis.yaml"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=4000,
     params:
@@ -64,7 +64,7 @@ rule local_dynamics:
         f"{RESULTS}/benchmarks/local_dynamics/{{model}}--{{dataset}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=4000,
     params:
@@ -89,7 +89,7 @@ rule layer_ablation:
         f"{RESULTS}/benchmarks/layer_ablation/{{model}}--{{dataset}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=4000,
     params:

@@ -15,7 +15,7 @@ rule extract_activations:
         f"{RESULTS}/benchmarks/extract_activations/{{model}}--{{dataset}}--{{shard}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=8000,
     params:

@@ -20,7 +20,7 @@ rule perturb:
         f"{RESULTS}/benchmarks/perturb/{{model}}--{{dataset}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=8000,
     params:

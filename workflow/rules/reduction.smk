@@ -14,7 +14,7 @@ rule pca:
         f"{RESULTS}/benchmarks/pca/{{model}}--{{dataset}}.tsv"
     conda:
         "../../envs/analysis.yaml"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=8000,
     params:

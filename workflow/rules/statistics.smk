@@ -10,7 +10,7 @@ rule unit_means:
         f"{RESULTS}/benchmarks/unit_means/{{model}}--{{dataset}}.tsv"
     conda:
         "../../envs/analysis.yaml"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=4000,
     params:
@@ -31,7 +31,7 @@ rule transition_statistics:
         f"{RESULTS}/benchmarks/transition_statistics/{{model}}--{{dataset}}.tsv"
     conda:
         "../../envs/analysis.yaml"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=8000,
     params:
@@ -59,7 +59,7 @@ rule mutual_information:
         f"{RESULTS}/benchmarks/mutual_information/{{model}}--{{dataset}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=8000,
     params:

@@ -11,7 +11,11 @@ rule train_model:
         f"{RESULTS}/benchmarks/train_model/{{model}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    # JOB_THREADS for a wide model; one for a small one, which is all its training uses.
+    threads:
+        lambda wildcards: training_threads(
+            config["models"][wildcards.model]["train"]["d_model"], JOB_THREADS
+        )
     resources:
         mem_mb=4000,
     params:

@@ -21,7 +21,7 @@ task = AffineTask.from_spec(params.task, f"datasets.{params.dataset}.task")
 # Sequences of the training pairs (seeded apart from the dataset's): memorised or learnt?
 train_values, _ = task.generate(task.split()[0], len(values), np.random.default_rng([7, 17]))
 loaded = load_model(snakemake.wildcards.model, params.spec, params.device, with_head=True)
-# A small model's matrices are too small to split over threads (inputs.training.intra_op_threads).
+# A small model's matrices are too small to split over threads (config.schema.training_threads).
 torch.set_num_threads(1 if loaded.model.config.n_embd <= 256 else snakemake.threads)
 result = affine.analyse_model(
     loaded.model.cpu(),

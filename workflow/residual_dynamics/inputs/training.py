@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from residual_dynamics.config.schema import training_threads
 from residual_dynamics.inputs.tasks import AffineTask, task_tokenizer
 from residual_dynamics.io.atomic import move_into_place, partial_path
 from residual_dynamics.io.checkpoints import load_tensors
@@ -371,21 +372,6 @@ def load_checkpoint(path: Path, model, optimizer, digest: str) -> tuple[int, lis
 # the rule's entry point
 
 
-# Widest model trained on one intra-op thread (see intra_op_threads).
-SINGLE_THREAD_MAX_D = 256
-
-
-def intra_op_threads(settings: TrainSettings, threads: int) -> int:
-    """Torch's intra-op threads for training: one for small models, else ``threads``.
-
-    The matrices of a d_model <= 256 model are too small to split: on the 2-core machine here a
-    training step of the affine model (d_model 128, batch 64) took 0.19 s on one thread and 1.2 s
-    on two while one other process ran (OpenMP threads wait on each other and on the other
-    jobs), 6 to 19 times slower across the sizes measured.
-    """
-    return 1 if settings.d_model <= SINGLE_THREAD_MAX_D else max(1, threads)
-
-
 def train_model(
     name: str,
     spec: dict,
@@ -406,7 +392,7 @@ def train_model(
 
     out_dir = Path(out_dir)
     settings = TrainSettings.from_spec(spec["train"], f"models.{name}.train")
-    torch.set_num_threads(intra_op_threads(settings, threads))
+    torch.set_num_threads(training_threads(settings.d_model, threads))
     torch.use_deterministic_algorithms(True)
     started, cpu_started = time.perf_counter(), time.process_time()
     data = make_data(settings, data_spec, texts)

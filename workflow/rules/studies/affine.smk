@@ -23,7 +23,7 @@ rule affine_analysis:
         f"{RESULTS}/benchmarks/affine_analysis/{{model}}.tsv"
     conda:
         "../../../envs/torch.yaml"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=4000,
     params:

@@ -28,7 +28,7 @@ rule embedding_space_lens:
         f"{RESULTS}/benchmarks/embedding_space_lens/{{model}}--{{dataset}}.tsv"
     conda:
         "../../../envs/torch.yaml"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=4000,
     params:
@@ -124,7 +124,7 @@ rule embedding_space_concepts:
         f"{RESULTS}/benchmarks/embedding_space_concepts/{{model}}.tsv"
     conda:
         "../../../envs/torch.yaml"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=4000,
     params:

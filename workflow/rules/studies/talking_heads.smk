@@ -23,7 +23,7 @@ rule talking_heads_weights:
         f"{RESULTS}/benchmarks/talking_heads_weights/{{model}}.tsv"
     conda:
         "../../../envs/torch.yaml"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=4000,
     params:
@@ -50,7 +50,7 @@ rule talking_heads_laundry_list:
         f"{RESULTS}/benchmarks/talking_heads_laundry_list/{{model}}.tsv"
     conda:
         "../../../envs/torch.yaml"
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=4000,
     params:
