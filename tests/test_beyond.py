@@ -367,9 +367,9 @@ def test_the_rules_are_in_the_dag_when_switched_on(tmp_path):
         for line in output.splitlines()
         if len(line.split()) == 2 and line.split()[1].isdigit()
     }
-    # 5 recordings: tiny_llama and its twin on two datasets, minilm on one.
-    assert counts["layer_geometry"] == 5 and counts["local_dynamics"] == 5
-    assert counts["layer_ablation"] == 4  # minilm (BERT) is skipped
+    # 4 recordings: tiny_llama on two datasets, its twin and minilm on one.
+    assert counts["layer_geometry"] == 4 and counts["local_dynamics"] == 4
+    assert counts["layer_ablation"] == 3  # minilm (BERT) is skipped
     assert counts["beyond_figures"] == 3 and counts["beyond_section"] == 1
     off = snakemake(
         REPO / ".test", "-n", "--nolock", target,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from slurm_cluster import start_cluster, unavailable_reason
 from test_extract import extraction, write_toy_dataset
@@ -31,8 +32,12 @@ from tiny_models import WORDS, save_tiny_model
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
+# One torch thread in the jobs and in the references: the thread count changes float rounding, and
+# a job's count would otherwise follow SLURM's CPU binding while the test process's follows its own.
 JOB = """\
 import json, sys
+import torch
+torch.set_num_threads(1)
 args = json.load(open(sys.argv[1]))
 if args["kind"] == "extract":
     from residual_dynamics.recording.extract import record_activations
@@ -129,7 +134,12 @@ def extraction_job(tmp_path_factory):
         "dataset_path": str(dataset),
         "extraction": extraction(positions="all", batch_size=1, max_batch_tokens=64),
     }
-    reference = record_activations(**call, out_path=shared / "reference.zarr", progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the jobs (JOB)
+    try:
+        reference = record_activations(**call, out_path=shared / "reference.zarr", progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return call, reference
 
 

@@ -36,11 +36,22 @@ RECORDED_DATASET = "[A-Za-z0-9](-?[A-Za-z0-9_])*-?"
 # Models some run records or some switched-on module lists: only these are built.
 MODELS_IN_USE = models_in_use(config)
 RESULTS = "results"
+
+
 # Threads of a multi-threaded job: half the cores (at most 8), so that at least two jobs run side by
 # side. On 2 cores these jobs use about one core each (CPU time / wall time 0.6-1.15 with 2 threads,
 # measured on the default run), so two of them at once, one thread each, use the machine. A SLURM
-# profile's set-threads overrides this per rule.
-JOB_THREADS = min(8, max(1, (workflow.cores or 1) // 2))
+# profile's set-threads overrides this per rule; without --cores (a cluster executor, --report)
+# it is 1.
+def _job_threads() -> int:
+    try:
+        cores = workflow.cores
+    except WorkflowError:  # no total number of cores: each job's own allocation decides
+        cores = 2
+    return min(8, max(1, (cores or 2) // 2))
+
+
+JOB_THREADS = _job_threads()
 # Report sections that modules add: each module's rules file appends the path of the JSON manifest
 # (report.write_section_manifest) its section rule writes, when the module is switched on.
 REPORT_SECTIONS = []
