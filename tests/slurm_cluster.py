@@ -58,6 +58,18 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def require_slurm() -> None:
+    """Skip the calling test when SLURM is missing, or fail it under RD_REQUIRE_SLURM=1 (CI), so
+    that CI cannot pass the SLURM tests by skipping them."""
+    import pytest
+
+    reason = unavailable_reason()
+    if reason:
+        if os.environ.get("RD_REQUIRE_SLURM") == "1":
+            pytest.fail(f"RD_REQUIRE_SLURM=1 but {reason}")
+        pytest.skip(reason)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

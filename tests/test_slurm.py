@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from slurm_cluster import start_cluster, unavailable_reason
+from slurm_cluster import require_slurm, start_cluster
 from test_workflow import write_texts
 
 from residual_dynamics.io.store import open_store
@@ -60,11 +60,7 @@ def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    reason = unavailable_reason()
-    if reason:
-        if os.environ.get("RD_REQUIRE_SLURM") == "1":
-            pytest.fail(f"RD_REQUIRE_SLURM=1 but {reason}")
-        pytest.skip(reason)
+    require_slurm()
     cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
     yield cluster
     cluster.stop()

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from slurm_cluster import start_cluster, unavailable_reason
+from slurm_cluster import require_slurm, start_cluster
 from test_extract import extraction, write_toy_dataset
 from test_training import TASK, TINY
 
@@ -50,11 +50,7 @@ else:
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    reason = unavailable_reason()
-    if reason:
-        if os.environ.get("RD_REQUIRE_SLURM") == "1":
-            pytest.fail(f"RD_REQUIRE_SLURM=1 but {reason}")
-        pytest.skip(reason)
+    require_slurm()
     cluster = start_cluster(tmp_path_factory.mktemp("slurm"), cpus=2, memory_mb=8000, gpus=0)
     # The jobs import the package from this checkout (sbatch passes the environment on).
     cluster.env["PYTHONPATH"] = os.pathsep.join([str(REPO / "workflow"), str(REPO / "tests")])
