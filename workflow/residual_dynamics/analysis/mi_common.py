@@ -5,6 +5,7 @@ KDE paths, and their constants.
 - :func:`fft_size` and :func:`run_batches`: FFT lengths and the thread-spread batch loop used by
   both the fixed-grid (:mod:`residual_dynamics.analysis.mi_estimators`) and the grid-free
   (:mod:`residual_dynamics.analysis.mi_kde_auto`) evaluations of :func:`mi_kde`;
+- :func:`column_moments`: per-pair covariance entries, ranges and usability (both KDE paths).
 - :data:`MAX_BATCH_CELLS`, :data:`SINGULAR`, :data:`COMPUTE_DTYPE`: the batch cell cap, the
   singular-covariance threshold and the dtype of the heavy arrays.
 """
@@ -21,6 +22,7 @@ __all__ = [
     "MAX_BATCH_CELLS",
     "SINGULAR",
     "as_columns",
+    "column_moments",
     "fft_size",
     "run_batches",
 ]
@@ -71,3 +73,33 @@ def run_batches(run, batches: list, dev: torch.device) -> None:
     else:
         for cols in batches:
             run(cols)
+
+
+def column_moments(x: np.ndarray, y: np.ndarray):
+    """Per column pair: (usable, cxx, cyy, cxy, xlo, xhi, ylo, yhi), the unbiased (ddof = 1)
+    covariance entries (as gaussian_kde builds its kernel) and ranges. Unusable pairs (non-finite,
+    constant or near-singular) are parked on harmless values so nothing downstream warns."""
+    n = x.shape[0]
+    with np.errstate(all="ignore"):
+        xc = x - x.mean(axis=0)
+        yc = y - y.mean(axis=0)
+        cxx = np.einsum("ij,ij->j", xc, xc) / (n - 1)
+        cyy = np.einsum("ij,ij->j", yc, yc) / (n - 1)
+        cxy = np.einsum("ij,ij->j", xc, yc) / (n - 1)
+        del xc, yc
+        xlo, xhi = x.min(axis=0), x.max(axis=0)
+        ylo, yhi = y.min(axis=0), y.max(axis=0)
+        usable = np.isfinite(cxx + cyy + cxy + xlo + xhi + ylo + yhi)
+        usable &= (xhi > xlo) & (yhi > ylo) & (cxx > 0) & (cyy > 0)
+        usable &= 1.0 - cxy * cxy / (cxx * cyy) > SINGULAR
+    park = lambda a, b: np.where(usable, a, b)  # noqa: E731 (harmless values for unusable pairs)
+    return (
+        usable,
+        park(cxx, 1.0),
+        park(cyy, 1.0),
+        park(cxy, 0.0),
+        park(xlo, 0.0),
+        park(xhi, 1.0),
+        park(ylo, 0.0),
+        park(yhi, 1.0),
+    )

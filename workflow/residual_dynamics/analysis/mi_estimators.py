@@ -97,8 +97,8 @@ from scipy.stats import gaussian_kde
 from residual_dynamics.analysis.mi_common import (
     COMPUTE_DTYPE,
     MAX_BATCH_CELLS,
-    SINGULAR,
     as_columns,
+    column_moments,
     fft_size,
     run_batches,
 )
@@ -262,26 +262,8 @@ class _Plan:
 
 
 def _plan(x: np.ndarray, y: np.ndarray, grid: int, factor: float, pad: float) -> _Plan:
-    n = x.shape[0]
+    usable, cxx, cyy, cxy, xlo, xhi, ylo, yhi = column_moments(x, y)
     with np.errstate(all="ignore"):
-        xc = x - x.mean(axis=0)
-        yc = y - y.mean(axis=0)
-        # Kernel covariance exactly as gaussian_kde builds it: the unbiased (ddof = 1) data
-        # covariance times factor^2.
-        cxx = np.einsum("ij,ij->j", xc, xc) / (n - 1)
-        cyy = np.einsum("ij,ij->j", yc, yc) / (n - 1)
-        cxy = np.einsum("ij,ij->j", xc, yc) / (n - 1)
-        del xc, yc
-        xlo, xhi = x.min(axis=0), x.max(axis=0)
-        ylo, yhi = y.min(axis=0), y.max(axis=0)
-        usable = np.isfinite(cxx + cyy + cxy + xlo + xhi + ylo + yhi)
-        usable &= (xhi > xlo) & (yhi > ylo) & (cxx > 0) & (cyy > 0)
-        usable &= 1.0 - cxy * cxy / (cxx * cyy) > SINGULAR
-        # Park unusable columns on harmless values so nothing below warns or overflows.
-        cxx, cyy, cxy = (np.where(usable, a, b) for a, b in ((cxx, 1.0), (cyy, 1.0), (cxy, 0.0)))
-        xlo, ylo = np.where(usable, xlo, 0.0), np.where(usable, ylo, 0.0)
-        xhi, yhi = np.where(usable, xhi, 1.0), np.where(usable, yhi, 1.0)
-
         f2 = factor * factor
         shear = cxy / cxx
         var_x = f2 * cxx  # kernel variance along x

@@ -21,7 +21,7 @@ import torch
 from residual_dynamics.analysis.mi_common import (
     COMPUTE_DTYPE,
     MAX_BATCH_CELLS,
-    SINGULAR,
+    column_moments,
     fft_size,
     run_batches,
 )
@@ -75,36 +75,8 @@ class _AutoPlan:
         return (self.x.width >= 1) & (self.v.width >= 1) & (self.y.width >= 1)
 
 
-def _moments(x: np.ndarray, y: np.ndarray):
-    """Per-column (ddof = 1) covariance entries, ranges, and which columns are usable."""
-    n = x.shape[0]
-    with np.errstate(all="ignore"):
-        xc = x - x.mean(axis=0)
-        yc = y - y.mean(axis=0)
-        cxx = np.einsum("ij,ij->j", xc, xc) / (n - 1)
-        cyy = np.einsum("ij,ij->j", yc, yc) / (n - 1)
-        cxy = np.einsum("ij,ij->j", xc, yc) / (n - 1)
-        del xc, yc
-        xlo, xhi = x.min(axis=0), x.max(axis=0)
-        ylo, yhi = y.min(axis=0), y.max(axis=0)
-        usable = np.isfinite(cxx + cyy + cxy + xlo + xhi + ylo + yhi)
-        usable &= (xhi > xlo) & (yhi > ylo) & (cxx > 0) & (cyy > 0)
-        usable &= 1.0 - cxy * cxy / (cxx * cyy) > SINGULAR
-    park = lambda a, b: np.where(usable, a, b)  # noqa: E731 (harmless values for unusable pairs)
-    return (
-        usable,
-        park(cxx, 1.0),
-        park(cyy, 1.0),
-        park(cxy, 0.0),
-        park(xlo, 0.0),
-        park(xhi, 1.0),
-        park(ylo, 0.0),
-        park(yhi, 1.0),
-    )
-
-
 def _auto_plan(x: np.ndarray, y: np.ndarray, factor: float) -> _AutoPlan:
-    usable, cxx, cyy, cxy, xlo, xhi, ylo, yhi = _moments(x, y)
+    usable, cxx, cyy, cxy, xlo, xhi, ylo, yhi = column_moments(x, y)
     f2 = factor * factor
     shear = cxy / cxx
     with np.errstate(all="ignore"):
