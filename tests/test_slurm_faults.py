@@ -87,6 +87,11 @@ def wait(condition, what: str, timeout: float = 120) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def idle(slurm) -> bool:
+    out = slurm.run("sinfo", "--noheader", "--format=%T", check=False).stdout.split()
+    return bool(out) and out[0].rstrip("*") == "idle"
+
+
 def finished(slurm, job_id: str) -> str:
     wait(lambda: job(slurm, job_id).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"),
          f"job {job_id} to end", 180)  # fmt: skip
@@ -173,9 +178,16 @@ def test_requeued_extraction_job_ends_in_the_uninterrupted_store(slurm, extracti
     first = submit(slurm, tmp_path, {"kind": "extract", "call": call, "out": str(out)}, "requeued")
     wait(lambda: mid_write(out), "the extraction to write chunks")
     slurm.run("scontrol", "requeue", first)
+    requeued_at = time.time()
     # A requeued job waits out a begin-time delay (about two minutes) before it may start again;
-    # the test lifts it, as an admin can, so the test stays short.
+    # the test lifts it, as an admin can, so the test stays short. It must not lift it too soon:
+    # slurmd revokes the killed run's credential with a whole-second time stamp and refuses a
+    # relaunch whose credential is not newer ("Job N already killed, do not launch batch job",
+    # the job then ends FAILED). So: the old run gone, the node idle, and the clock past the next
+    # second, which the two-minute delay guarantees on a real cluster.
     wait(lambda: job(slurm, first).get("JobState") == "PENDING", "the job to be requeued", 60)
+    wait(lambda: idle(slurm), "the node to be idle after the requeue", 60)
+    time.sleep(max(0.0, requeued_at + 2.5 - time.time()))
     slurm.run("scontrol", "update", f"JobId={first}", "StartTime=now")
     # The same job id runs again from the start (Restarts=1) and completes.
     state = finished(slurm, first)
