@@ -14,9 +14,12 @@ from residual_dynamics.config.schema import ConfigError
 from residual_dynamics.config.validate import validate_config
 from residual_dynamics.inputs.models import ModelLoadError, load_model
 from residual_dynamics.inputs.training import (
+    TextData,
     TrainingError,
     TrainSettings,
+    accumulate_gradients,
     bpe_tokenizer,
+    build_model,
     learning_rate,
     train_model,
 )
@@ -186,6 +189,30 @@ def test_text_lm_learns_and_twin_perplexity_is_near_vocabulary_size(tmp_path):
     assert ppl < 0.5 * ppl_twin
     assert trained["n_validation_texts"] == round(0.2 * len(TEXTS))
     assert json.loads((tmp_path / "lm" / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_micro_batches_give_the_whole_batch_gradient_with_less_padding():
+    texts = [" ".join(["word"] * (1 + (7 * i) % 40)) for i in range(90)]
+    settings = dict(data="x", batch_size=16, context=64, vocab_size=300, d_model=32, n_layers=2)
+    whole = TextData(texts, TrainSettings(**settings, micro_batches=1))
+    split = TextData(texts, TrainSettings(**settings, micro_batches=4))
+    assert split.tokenizer.backend_tokenizer.to_str() == whole.tokenizer.backend_tokenizer.to_str()
+    assert len(whole.micro_batches(3)) == 1 and len(split.micro_batches(3)) == 4
+
+    def gradient(data):
+        model = build_model(data.settings, data.tokenizer, 0)
+        loss = accumulate_gradients(model, data.micro_batches(3))
+        return loss, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    (loss_a, grad_a), (loss_b, grad_b) = gradient(whole), gradient(split)
+    assert float(loss_b) == pytest.approx(float(loss_a), rel=1e-5)
+    torch.testing.assert_close(grad_b, grad_a, rtol=1e-4, atol=1e-6)
+    padded = [m.numel() for _, m in split.micro_batches(3)]
+    real = int(whole.batch(3)[1].sum())
+    assert sum(padded) < whole.batch(3)[1].numel() and sum(padded) >= real
+    # The groups hold the batch's texts, shortest first.
+    lengths = [int(m.sum(1).min()) for _, m in split.micro_batches(3)]
+    assert lengths == sorted(lengths)
 
 
 def test_learning_rate_warms_up_then_decays_to_a_tenth():

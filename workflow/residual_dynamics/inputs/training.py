@@ -68,6 +68,7 @@ class TrainSettings:
     vocab_size: int = 2048
     steps: int = 1000
     batch_size: int = 128
+    micro_batches: int = 4
     lr: float = 2e-3
     warmup_steps: int = 50
     weight_decay: float = 0.1
@@ -137,6 +138,9 @@ class TaskData:
         ids = self.ids(values)
         return ids, torch.ones_like(ids)
 
+    def micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [self.batch(step)]  # equal lengths: nothing to gain from groups
+
     @torch.no_grad()
     def evaluate(self, model) -> dict:
         ids = self.ids(self.eval_values)
@@ -183,9 +187,20 @@ class TextData:
         return ids, mask
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._pad([self.train_ids[i] for i in self.pick(step)])
+
+    def pick(self, step: int) -> np.ndarray:
+        """The texts of batch ``step``: seeded draws, a function of (seed, step) alone."""
         rng = np.random.default_rng([self.settings.seed, step])
-        pick = rng.integers(0, len(self.train_ids), size=self.settings.batch_size)
-        return self._pad([self.train_ids[i] for i in pick])
+        return rng.integers(0, len(self.train_ids), size=self.settings.batch_size)
+
+    def micro_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Batch ``step``'s texts sorted by length and cut into ``micro_batches`` groups, each
+        padded to its own longest: the same texts as :meth:`batch`, with less padding."""
+        pick = self.pick(step)
+        by_length = pick[np.argsort([len(self.train_ids[i]) for i in pick], kind="stable")]
+        groups = np.array_split(by_length, min(self.settings.micro_batches, len(pick)))
+        return [self._pad([self.train_ids[i] for i in group]) for group in groups]
 
     @torch.no_grad()
     def evaluate(self, model) -> dict:
@@ -295,6 +310,23 @@ def causal_lm_loss(model, ids: torch.Tensor, mask: torch.Tensor, reduction: str 
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction
     )
     return loss, int((targets != -100).sum())
+
+
+def accumulate_gradients(model, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Backpropagate the mean next-token loss over all real targets of ``parts`` (the groups of
+    one batch): each group's summed loss over the batch's target count, so the gradients add up
+    to the whole batch's. Returns that mean loss (detached)."""
+    if len(parts) == 1:
+        loss, _ = causal_lm_loss(model, *parts[0])
+        loss.backward()
+        return loss.detach()
+    n_targets = sum(int(mask[:, 1:].sum()) for _, mask in parts)
+    total = torch.zeros(())
+    for ids, mask in parts:
+        loss_sum, _ = causal_lm_loss(model, ids, mask, reduction="sum")
+        (loss_sum / n_targets).backward()
+        total += loss_sum.detach()
+    return total / n_targets
 
 
 @torch.no_grad()
@@ -431,10 +463,8 @@ def train_model(
         for step in range(start, end):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, settings)
-            ids, mask = data.batch(step)
-            loss, _ = causal_lm_loss(model, ids, mask)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = accumulate_gradients(model, data.micro_batches(step))
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             postfix = {"loss": f"{loss.item():.3f}"}
