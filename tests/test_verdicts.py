@@ -240,3 +240,27 @@ def test_planted_stores_through_the_real_rules(tmp_path):
         assert record["controls"] == {WALK: ["expanding", "planted--random_walk"]}
         low, high = record["ci"]
         assert low <= record["value"] <= high
+
+
+def test_spearman_with_depth_equals_scipy_with_ties_gaps_and_flat_curves():
+    from scipy.stats import spearmanr
+
+    from residual_dynamics.paper.verdicts import spearman_with_depth
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for trial in range(300):
+        n = int(rng.integers(3, 30))
+        curve = rng.integers(0, 5, n).astype(float) if trial % 2 else rng.normal(size=n)
+        if trial % 3 == 0:
+            curve[rng.integers(0, n)] = np.nan  # a gap in depth
+        finite = np.isfinite(curve)
+        got = spearman_with_depth(curve)
+        if finite.sum() < 3 or np.ptp(curve[finite]) == 0:
+            assert got is None
+            continue
+        want = spearmanr(np.arange(n)[finite], curve[finite]).statistic
+        assert got == pytest.approx(want, abs=1e-12)
+        checked += 1
+    assert checked > 250
+    assert spearman_with_depth(np.array([3.0, 3.0, 3.0, 3.0])) is None

@@ -9,6 +9,8 @@ rule train_model:
         f"{RESULTS}/logs/train_model/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_model/{{model}}.tsv"
+    # First among ready jobs: a trained model heads the longest chain of the default run.
+    priority: 50
     conda:
         "../../envs/torch.yaml"
     # JOB_THREADS for a wide model; one for a small one, which is all its training uses.

@@ -8,9 +8,9 @@ from residual_dynamics.paper.figures import figure_1
 setup_logging(snakemake.log[0])
 # The rule's params are the drawing settings (dpi, formats, and reading or label where it has them).
 figure_1(
-    xr.open_zarr(snakemake.input.means).load(),
-    xr.open_zarr(snakemake.input.stats).load(),
-    xr.open_zarr(snakemake.input.mi).load(),
+    xr.open_zarr(snakemake.input.means, chunks=None).load(),
+    xr.open_zarr(snakemake.input.stats, chunks=None).load(),
+    xr.open_zarr(snakemake.input.mi, chunks=None).load(),
     outputs=dict(snakemake.output.items()),
     **dict(snakemake.params.items()),
 )

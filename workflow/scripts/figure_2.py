@@ -8,8 +8,8 @@ from residual_dynamics.paper.figures import figure_2
 setup_logging(snakemake.log[0])
 # The rule's params are the drawing settings (dpi, formats, and reading or label where it has them).
 figure_2(
-    xr.open_zarr(snakemake.input.means).load(),
-    xr.open_zarr(snakemake.input.rotations).load(),
+    xr.open_zarr(snakemake.input.means, chunks=None).load(),
+    xr.open_zarr(snakemake.input.rotations, chunks=None).load(),
     outputs=dict(snakemake.output.items()),
     **dict(snakemake.params.items()),
 )

@@ -8,7 +8,7 @@ from residual_dynamics.paper.figures import figure_3
 setup_logging(snakemake.log[0])
 # The rule's params are the drawing settings (dpi, formats, and reading or label where it has them).
 figure_3(
-    xr.open_zarr(snakemake.input.cae).load(),
+    xr.open_zarr(snakemake.input.cae, chunks=None).load(),
     outputs=dict(snakemake.output.items()),
     **dict(snakemake.params.items()),
 )

@@ -16,7 +16,7 @@ result = run_perturbations(
     model_name=sm.wildcards.model,
     model_spec=sm.params.model,
     store_path=sm.input.store,
-    pca=xr.open_zarr(sm.input.pca).load(),
+    pca=xr.open_zarr(sm.input.pca, chunks=None).load(),
     dataset_path=sm.input.dataset,
     settings=sm.params.settings,
     include_final=sm.params.include_final,

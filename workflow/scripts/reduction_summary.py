@@ -11,8 +11,10 @@ setup_logging(sm.log[0])
 write_json(
     sm.output.summary,
     reduction_summary(
-        xr.open_zarr(sm.input.pca).load(),
-        xr.open_zarr(sm.input.cae[0]).load() if sm.input.cae else None,
-        xr.open_zarr(sm.input.perturbation[0]).load() if sm.input.perturbation else None,
+        xr.open_zarr(sm.input.pca, chunks=None).load(),
+        xr.open_zarr(sm.input.cae[0], chunks=None).load() if sm.input.cae else None,
+        xr.open_zarr(sm.input.perturbation[0], chunks=None).load()
+        if sm.input.perturbation
+        else None,
     ),
 )

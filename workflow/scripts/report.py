@@ -48,7 +48,10 @@ for index, ((model, dataset), store, means) in enumerate(
 ):
     captions = panel_captions(summaries[model, dataset])
     captions |= reduction_captions(reductions[model, dataset])
-    captions["fig1b"] = (captions["fig1b"][0], mean_activation_caption(xr.open_zarr(means).load()))
+    captions["fig1b"] = (
+        captions["fig1b"][0],
+        mean_activation_caption(xr.open_zarr(means, chunks=None).load()),
+    )
     captions = add_claim_verdicts(captions, claims[model, dataset], verdicts.get((model, dataset)))
     figures = [
         Figure(Path(sm.input[panel][index]), *captions[panel], panel) for panel in sm.params.panels

@@ -9,7 +9,7 @@ from residual_dynamics.paper.summary import rotations_dataset
 
 setup_logging(snakemake.log[0])
 settings = snakemake.params.settings
-means = xr.open_zarr(snakemake.input.means)["mean"].values
+means = xr.open_zarr(snakemake.input.means, chunks=None)["mean"].values
 result = rotation_summary(
     means,
     n_perm=settings["n_permutations"],

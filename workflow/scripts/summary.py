@@ -8,9 +8,9 @@ from residual_dynamics.paper.summary import build_summary
 
 setup_logging(snakemake.log[0])
 summary = build_summary(
-    xr.open_zarr(snakemake.input.means).load(),
-    xr.open_zarr(snakemake.input.stats).load(),
-    xr.open_zarr(snakemake.input.mi).load(),
-    xr.open_zarr(snakemake.input.rotations).load(),
+    xr.open_zarr(snakemake.input.means, chunks=None).load(),
+    xr.open_zarr(snakemake.input.stats, chunks=None).load(),
+    xr.open_zarr(snakemake.input.mi, chunks=None).load(),
+    xr.open_zarr(snakemake.input.rotations, chunks=None).load(),
 )
 write_json(snakemake.output.summary, summary)

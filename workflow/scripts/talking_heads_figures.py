@@ -9,8 +9,8 @@ from residual_dynamics.studies.talking_heads.figures import write_figures
 
 setup_logging(snakemake.log[0])
 write_figures(
-    xr.open_zarr(snakemake.input.weights).load(),
-    xr.open_zarr(snakemake.input.laundry).load(),
+    xr.open_zarr(snakemake.input.weights, chunks=None).load(),
+    xr.open_zarr(snakemake.input.laundry, chunks=None).load(),
     Path(snakemake.output.composition).parent,
     formats=snakemake.params.formats,
     dpi=snakemake.params.dpi,

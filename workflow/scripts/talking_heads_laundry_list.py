@@ -20,7 +20,7 @@ torch.set_num_threads(snakemake.threads)
 
 name = snakemake.wildcards.model
 laundry_list = snakemake.params.laundry_list
-weights = xr.open_zarr(snakemake.input.weights).load()
+weights = xr.open_zarr(snakemake.input.weights, chunks=None).load()
 if not laundry_list["enabled"]:
     reason = "talking_heads.laundry_list.enabled is false"
     logging.getLogger(__name__).info("Laundry List skipped: %s", reason)

@@ -15,8 +15,8 @@ figures = {name: list(getattr(snakemake.input, name)) for name in FIGURES}
 write_section(
     snakemake.output.manifest,
     models=models,
-    weights=[xr.open_zarr(p).load() for p in snakemake.input.weights],
-    results=[xr.open_zarr(p).load() for p in snakemake.input.laundry_list],
+    weights=[xr.open_zarr(p, chunks=None).load() for p in snakemake.input.weights],
+    results=[xr.open_zarr(p, chunks=None).load() for p in snakemake.input.laundry_list],
     figures=[{name: Path(paths[i]) for name, paths in figures.items()} for i in range(len(models))],
     n_outliers=snakemake.params.n_outliers,
 )

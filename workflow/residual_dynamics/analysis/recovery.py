@@ -44,9 +44,13 @@ more than the interval).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 import xarray as xr
+
+if TYPE_CHECKING:  # torch only where logits are compared: Figure 4E's job need not import it
+    import torch
 
 MEASURES = (
     "start_distance",
@@ -65,6 +69,8 @@ DEFAULT_REPLICATES = 200
 
 
 def _kl(control: torch.Tensor, perturbed: torch.Tensor) -> np.ndarray:
+    import torch
+
     p = torch.log_softmax(control.double(), -1)
     q = torch.log_softmax(perturbed.double(), -1)
     return (p.exp() * (p - q)).sum(-1).numpy()

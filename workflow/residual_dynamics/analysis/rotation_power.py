@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 # The surrogate nulls that keep a unit's autocorrelation; the claim must pass every one of them.
 REQUIRED_NULLS = ("random_walk", "ar1", "phase")
@@ -66,6 +65,8 @@ def binomial_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, 
     with low 0 at k = 0 and high 1 at k = n. Its coverage is at least ``confidence`` for every
     true proportion.
     """
+    from scipy import stats  # here: importing scipy.stats takes longer than a figure job's work
+
     k, n = int(k), int(n)
     if n <= 0 or not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
@@ -85,6 +86,8 @@ def beyond_test(k: int, n: int, expected: float = EXPECTED_FRAC) -> dict:
             "frac_beyond95_ci95": None,
             "binom_p_beyond95": None,
         }
+    from scipy import stats
+
     p = stats.binomtest(k, n, expected, alternative="greater").pvalue
     return {
         "n_beyond95": k,

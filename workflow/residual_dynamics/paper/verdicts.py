@@ -44,13 +44,16 @@ def by_kind(curve: np.ndarray, kinds: np.ndarray) -> dict:
 
 
 def spearman_with_depth(curve: np.ndarray) -> float | None:
-    """Spearman's rank correlation of the curve with depth (None: under 3 finite values, or flat)."""
-    from scipy.stats import spearmanr
-
+    """Spearman's rank correlation of the curve with depth (None: under 3 finite values, or flat):
+    Pearson's on ranks, ties averaged (scipy.stats.spearmanr's value, without importing scipy.stats,
+    which costs each summary job more time than its work)."""
     finite = np.isfinite(curve)
     if finite.sum() < 3 or np.ptp(curve[finite]) == 0:
         return None
-    return float(spearmanr(np.arange(curve.size)[finite], curve[finite]).statistic)
+    _, inverse, counts = np.unique(curve[finite], return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
+    depth_ranks = np.arange(ranks.size, dtype=float)  # depth has no ties
+    return float(np.corrcoef(depth_ranks, ranks)[0, 1])
 
 
 def replicate_summaries(summary: dict) -> list[dict]:
