@@ -86,7 +86,7 @@ def ablation_skip_reason(name: str, spec: dict, base_dir: Path | str = ".") -> s
     data = _config_json(name, spec, Path(base_dir))
     if data is None:
         return None
-    from residual_dynamics.recording.hooks import architecture_for
+    from residual_dynamics.recording.architectures import architecture_for
 
     model_type = data.get("model_type", "?")
     try:

@@ -42,7 +42,7 @@ def _model_type_problem(name: str, spec: dict, key: str, base_dir: Path) -> str 
     if not config_json.exists():
         return None
     data = json.loads(config_json.read_text())
-    from residual_dynamics.recording.hooks import architecture_for
+    from residual_dynamics.recording.architectures import architecture_for
 
     try:
         arch = architecture_for(SimpleNamespace(**data))
