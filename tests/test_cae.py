@@ -13,13 +13,13 @@ from torch import nn
 from residual_dynamics.analysis.cae import (
     CaeSettings,
     CompressingAutoencoder,
-    cae_summary,
     cae_widths,
     evaluate_cae,
     explained_variance,
     split_samples,
     train_cae,
 )
+from residual_dynamics.paper.summary import cae_summary
 
 
 def test_widths_for_llama_match_the_paper():

@@ -361,22 +361,3 @@ def evaluate_cae(store_path, trained: TrainedCae, settings: CaeSettings) -> xr.D
             **{f"setting_{k}": v for k, v in asdict(settings).items()},
         },
     )
-
-
-def cae_summary(cae: xr.Dataset) -> dict:
-    ev = cae["explained_variance"].values
-    mean = np.nanmean(ev, axis=0)
-    names = list(cae["sublayer"].values)
-    steps = cae["mean_latent_step"].values
-    return {
-        "ev_first": float(mean[0]),
-        "ev_at_5": float(mean[min(5, len(mean) - 1)]),
-        "ev_max": float(np.nanmax(mean)),
-        "ev_max_sublayer": names[int(np.nanargmax(mean))],
-        "ev_last": float(mean[-1]),
-        "ev_rises": bool(np.nanmean(mean[len(mean) // 2 :]) > np.nanmean(mean[: len(mean) // 2])),
-        "step_median": float(np.median(steps)),
-        "step_last": float(steps[-1]),
-        "best_epoch": int(cae.attrs["best_epoch"]),
-        "n_test": int(cae.attrs["n_test"]),
-    }

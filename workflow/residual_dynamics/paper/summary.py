@@ -163,13 +163,33 @@ def bootstrap_block(transitions: xr.Dataset, information: xr.Dataset) -> dict | 
     }
 
 
+def cae_summary(cae: xr.Dataset) -> dict:
+    """Figure 3's numbers from the CAE's evaluation (``analysis.cae.evaluate_cae``); here, not
+    beside the model, so that the summary job does not import torch."""
+    ev = cae["explained_variance"].values
+    mean = np.nanmean(ev, axis=0)
+    names = list(cae["sublayer"].values)
+    steps = cae["mean_latent_step"].values
+    return {
+        "ev_first": float(mean[0]),
+        "ev_at_5": float(mean[min(5, len(mean) - 1)]),
+        "ev_max": float(np.nanmax(mean)),
+        "ev_max_sublayer": names[int(np.nanargmax(mean))],
+        "ev_last": float(mean[-1]),
+        "ev_rises": bool(np.nanmean(mean[len(mean) // 2 :]) > np.nanmean(mean[: len(mean) // 2])),
+        "step_median": float(np.median(steps)),
+        "step_last": float(steps[-1]),
+        "best_epoch": int(cae.attrs["best_epoch"]),
+        "n_test": int(cae.attrs["n_test"]),
+    }
+
+
 def reduction_summary(
     pca: xr.Dataset, cae: xr.Dataset | None, perturbation: xr.Dataset | None
 ) -> dict:
     """The numbers of Figures 3 and 4 that the report quotes beside the paper's."""
-    from residual_dynamics.analysis.cae import cae_summary
     from residual_dynamics.analysis.pca import pca_summary
-    from residual_dynamics.analysis.perturbation import recovery_summary
+    from residual_dynamics.analysis.recovery import recovery_summary
 
     out = {"pca": pca_summary(pca)}
     if "sublayer_cumulative_own" in pca:
