@@ -247,14 +247,14 @@ def start_cluster(
                     timeout,
                     "slurmctld",
                 )
-        _wait(lambda: _node_state(cluster) in ("idle", "idle*"), timeout, "the node to be idle")
+        _wait(lambda: node_state(cluster) in ("idle", "idle*"), timeout, "the node to be idle")
     except BaseException:
         cluster.stop()
         raise RuntimeError(f"the test SLURM did not start:\n{cluster.logs()}") from None
     return cluster
 
 
-def _node_state(cluster: SlurmCluster) -> str:
+def node_state(cluster: SlurmCluster) -> str:
     out = cluster.run("sinfo", "--noheader", "--format=%T", check=False).stdout.strip()
     return out.splitlines()[0] if out else ""
 

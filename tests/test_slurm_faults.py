@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from slurm_cluster import require_slurm, start_cluster
+from slurm_cluster import node_state, require_slurm, start_cluster
 from test_extract import extraction, write_toy_dataset
 from test_training import TASK, TINY
 
@@ -85,11 +85,6 @@ def wait(condition, what: str, timeout: float = 120) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def idle(slurm) -> bool:
-    out = slurm.run("sinfo", "--noheader", "--format=%T", check=False).stdout.split()
-    return bool(out) and out[0].rstrip("*") == "idle"
 
 
 def finished(slurm, job_id: str) -> str:
@@ -186,7 +181,9 @@ def test_requeued_extraction_job_ends_in_the_uninterrupted_store(slurm, extracti
     # the job then ends FAILED). So: the old run gone, the node idle, and the clock past the next
     # second, which the two-minute delay guarantees on a real cluster.
     wait(lambda: job(slurm, first).get("JobState") == "PENDING", "the job to be requeued", 60)
-    wait(lambda: idle(slurm), "the node to be idle after the requeue", 60)
+    wait(
+        lambda: node_state(slurm) in ("idle", "idle*"), "the node to be idle after the requeue", 60
+    )
     time.sleep(max(0.0, requeued_at + 2.5 - time.time()))
     slurm.run("scontrol", "update", f"JobId={first}", "StartTime=now")
     # The same job id runs again from the start (Restarts=1) and completes.
