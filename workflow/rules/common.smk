@@ -165,3 +165,25 @@ def beyond_result(pattern, planned=None, twin=False):
         return [pattern.format(model=model, dataset=wildcards.dataset)]
 
     return inputs
+
+
+# The panels each recording gets, in the report's order; the CAE's (3B-3D) and the teleports'
+# (4D, 4E) when those analyses are on.
+PANELS = [
+    *("fig1b", "fig1c", "fig1d", "fig1e", "fig1f", "fig1g", "fig1h"),
+    *("fig2a", "fig2b", "fig2c"),
+    *(("fig3b", "fig3c", "fig3d") if config["cae"]["enabled"] else ()),
+    *("fig4a", "fig4b", "fig4c"),
+    *(("fig4d", "fig4e") if config["perturbation"]["enabled"] else ()),
+]
+
+
+def panel_file(panel):
+    """One panel's PNG, in the Snakemake report under its figure with its caption."""
+    return report(
+        f"{RESULTS}/figures/{{model}}/{{dataset}}/{panel}.png",
+        caption=f"../report/{panel}.rst",
+        category=f"Figure {panel[3]}",
+        subcategory="{model} · {dataset}",
+        labels={"model": "{model}", "dataset": "{dataset}", "panel": panel[3:].upper()},
+    )

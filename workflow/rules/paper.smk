@@ -73,64 +73,26 @@ rule claims:
         "../scripts/claims.py"
 
 
-rule figure_1:
-    """Figure 1B-1H: density, continuity, velocity and information across sublayers."""
+rule figures:
+    """Figures 1-4 of one recording, every panel in one job (drawing is seconds; starting a
+    Python with matplotlib is most of a job's cost): 1B-1H density, continuity, velocity and
+    information; 2A-2C phase portraits and rotation counts; 3B-3D the CAE; 4A-4C PCA; 4D
+    teleports and 4E recovery per layer.
+    """
     input:
         means=rules.unit_means.output.means,
         stats=rules.transition_statistics.output.stats,
         mi=rules.mutual_information.output.mi,
+        rotations=rules.rotations.output.rotations,
+        pca=rules.pca.output.pca,
+        cae=if_enabled(config["cae"], rules.train_cae.output.cae),
+        perturbation=if_enabled(
+            config["perturbation"], rules.perturb.output.perturbation
+        ),
     output:
-        fig1b=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig1b.png",
-            caption="../report/fig1b.rst",
-            category="Figure 1",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "1B"},
-        ),
-        fig1c=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig1c.png",
-            caption="../report/fig1c.rst",
-            category="Figure 1",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "1C"},
-        ),
-        fig1d=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig1d.png",
-            caption="../report/fig1d.rst",
-            category="Figure 1",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "1D"},
-        ),
-        fig1e=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig1e.png",
-            caption="../report/fig1e.rst",
-            category="Figure 1",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "1E"},
-        ),
-        fig1f=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig1f.png",
-            caption="../report/fig1f.rst",
-            category="Figure 1",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "1F"},
-        ),
-        fig1g=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig1g.png",
-            caption="../report/fig1g.rst",
-            category="Figure 1",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "1G"},
-        ),
-        fig1h=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig1h.png",
-            caption="../report/fig1h.rst",
-            category="Figure 1",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "1H"},
-        ),
+        **{panel: panel_file(panel) for panel in PANELS},
     log:
-        f"{RESULTS}/logs/figure_1/{{model}}/{{dataset}}.log",
+        f"{RESULTS}/logs/figures/{{model}}/{{dataset}}.log",
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -140,166 +102,9 @@ rule figure_1:
         dpi=config["figures"]["dpi"],
         formats=config["figures"]["formats"],
         reading=config["statistics"]["correlation_reading"],
-    script:
-        "../scripts/figure_1.py"
-
-
-rule figure_2:
-    """Figure 2A-2C: unit phase portraits and their rotation counts against nulls."""
-    input:
-        means=rules.unit_means.output.means,
-        rotations=rules.rotations.output.rotations,
-    output:
-        fig2a=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig2a.png",
-            caption="../report/fig2a.rst",
-            category="Figure 2",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "2A"},
-        ),
-        fig2b=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig2b.png",
-            caption="../report/fig2b.rst",
-            category="Figure 2",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "2B"},
-        ),
-        fig2c=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig2c.png",
-            caption="../report/fig2c.rst",
-            category="Figure 2",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "2C"},
-        ),
-    log:
-        f"{RESULTS}/logs/figure_2/{{model}}/{{dataset}}.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-    params:
-        dpi=config["figures"]["dpi"],
-        formats=config["figures"]["formats"],
-    script:
-        "../scripts/figure_2.py"
-
-
-rule figure_3:
-    """Figure 3B-3D: CAE latent trajectories, latent steps, reconstruction explained variance."""
-    input:
-        cae=rules.train_cae.output.cae,
-    output:
-        fig3b=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig3b.png",
-            caption="../report/fig3b.rst",
-            category="Figure 3",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "3B"},
-        ),
-        fig3c=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig3c.png",
-            caption="../report/fig3c.rst",
-            category="Figure 3",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "3C"},
-        ),
-        fig3d=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig3d.png",
-            caption="../report/fig3d.rst",
-            category="Figure 3",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "3D"},
-        ),
-    log:
-        f"{RESULTS}/logs/figure_3/{{model}}/{{dataset}}.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-    params:
-        dpi=config["figures"]["dpi"],
-        formats=config["figures"]["formats"],
         label=lambda w: f"{w.model} on {w.dataset}",
     script:
-        "../scripts/figure_3.py"
-
-
-rule figure_4:
-    """Figure 4A-4C: trajectories in PC space and explained variance per sublayer."""
-    input:
-        pca=rules.pca.output.pca,
-    output:
-        fig4a=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig4a.png",
-            caption="../report/fig4a.rst",
-            category="Figure 4",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "4A"},
-        ),
-        fig4b=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig4b.png",
-            caption="../report/fig4b.rst",
-            category="Figure 4",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "4B"},
-        ),
-        fig4c=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig4c.png",
-            caption="../report/fig4c.rst",
-            category="Figure 4",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "4C"},
-        ),
-    log:
-        f"{RESULTS}/logs/figure_4/{{model}}/{{dataset}}.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-    params:
-        dpi=config["figures"]["dpi"],
-        formats=config["figures"]["formats"],
-        label=lambda w: f"{w.model} on {w.dataset}",
-    script:
-        "../scripts/figure_4.py"
-
-
-rule figure_4d:
-    """Figure 4D: where teleported points go; 4E: recovery per layer (beyond the paper)."""
-    input:
-        pca=rules.pca.output.pca,
-        perturbation=rules.perturb.output.perturbation,
-    output:
-        fig4d=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig4d.png",
-            caption="../report/fig4d.rst",
-            category="Figure 4",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "4D"},
-        ),
-        fig4e=report(
-            f"{RESULTS}/figures/{{model}}/{{dataset}}/fig4e.png",
-            caption="../report/fig4e.rst",
-            category="Figure 4",
-            subcategory="{model} · {dataset}",
-            labels={"model": "{model}", "dataset": "{dataset}", "panel": "4E"},
-        ),
-    log:
-        f"{RESULTS}/logs/figure_4d/{{model}}/{{dataset}}.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-    params:
-        dpi=config["figures"]["dpi"],
-        formats=config["figures"]["formats"],
-        label=lambda w: f"{w.model} on {w.dataset}",
-    script:
-        "../scripts/figure_4d.py"
+        "../scripts/figures.py"
 
 
 rule comparison_figure:

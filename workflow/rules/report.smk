@@ -1,22 +1,3 @@
-PANELS = [
-    "fig1b",
-    "fig1c",
-    "fig1d",
-    "fig1e",
-    "fig1f",
-    "fig1g",
-    "fig1h",
-    "fig2a",
-    "fig2b",
-    "fig2c",
-    *(["fig3b", "fig3c", "fig3d"] if config["cae"]["enabled"] else []),
-    "fig4a",
-    "fig4b",
-    "fig4c",
-    *(["fig4d", "fig4e"] if config["perturbation"]["enabled"] else []),
-]
-
-
 rule report:
     """One self-contained HTML page for every model and dataset."""
     input:

@@ -9,7 +9,9 @@ from residual_dynamics.io.logs import setup_logging
 def main(sm) -> None:
     setup_logging(sm.log[0])
     settings = sm.params.settings
-    with job_client(sm.threads, statistics=sm.params.statistics, dask=sm.params.dask):
+    with job_client(
+        sm.threads, statistics=sm.params.statistics, dask=sm.params.dask, store=sm.input.store
+    ):
         pca = pca_fit(
             sm.input.store,
             sublayers=sm.params.sublayers,

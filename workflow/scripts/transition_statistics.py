@@ -8,7 +8,9 @@ from residual_dynamics.io.logs import setup_logging
 
 def main(sm) -> None:
     setup_logging(sm.log[0])
-    with job_client(sm.threads, statistics=sm.params.statistics, dask=sm.params.dask):
+    with job_client(
+        sm.threads, statistics=sm.params.statistics, dask=sm.params.dask, store=sm.input.store
+    ):
         stats = transition_statistics(
             sm.input.store,
             sublayers=sm.params.sublayers,

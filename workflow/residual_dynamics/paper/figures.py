@@ -214,3 +214,53 @@ def figure_4d(
     }
     for key, make in panels.items():
         save(make(), figure_paths(outputs[key], formats), dpi=dpi)
+
+
+def recording_figures(
+    load, *, outputs: dict, formats, dpi: int, reading: str, label: str
+) -> list[str]:
+    """Every panel of Figures 1-4 that ``outputs`` names (the figures rule: one job per
+    recording), reading each analysis through ``load(name)`` (``means``, ``stats``, ``mi``,
+    ``rotations``, ``pca``, ``cae``, ``perturbation``) only when one of its figure's panels is
+    asked for. Returns the figures drawn, in order."""
+    import logging
+    import time
+
+    log = logging.getLogger("figures")
+    # Which figure draws which panels: the first panel of each marks it as asked for.
+    first = {"1": "fig1b", "2": "fig2a", "3": "fig3b", "4A-4C": "fig4a", "4D-4E": "fig4d"}
+    drawn = []
+    draws = {
+        "1": lambda: figure_1(
+            load("means"),
+            load("stats"),
+            load("mi"),
+            outputs=outputs,
+            formats=formats,
+            dpi=dpi,
+            reading=reading,
+        ),
+        "2": lambda: figure_2(
+            load("means"), load("rotations"), outputs=outputs, formats=formats, dpi=dpi
+        ),
+        "3": lambda: figure_3(load("cae"), outputs=outputs, formats=formats, dpi=dpi, label=label),
+        "4A-4C": lambda: figure_4abc(
+            load("pca"), outputs=outputs, formats=formats, dpi=dpi, label=label
+        ),
+        "4D-4E": lambda: figure_4d(
+            load("pca"),
+            load("perturbation"),
+            outputs=outputs,
+            formats=formats,
+            dpi=dpi,
+            label=label,
+        ),
+    }
+    for name, draw in draws.items():
+        if first[name] not in outputs:
+            continue
+        start = time.perf_counter()
+        draw()
+        log.info("Figure %s drawn in %.1f s", name, time.perf_counter() - start)
+        drawn.append(name)
+    return drawn

@@ -1,0 +1,21 @@
+"""Rule figures: every panel of Figures 1-4 of one recording (PNG plus the other configured
+formats), in one job."""
+
+import functools
+
+import xarray as xr
+
+from residual_dynamics.io.logs import setup_logging
+from residual_dynamics.paper.figures import recording_figures
+
+setup_logging(snakemake.log[0])
+
+
+@functools.cache
+def load(name: str) -> xr.Dataset:
+    # Whole results into memory without Dask (its import costs more than these small reads).
+    return xr.open_zarr(snakemake.input[name], chunks=None).load()
+
+
+# The rule's params are the drawing settings (dpi, formats, reading, label).
+recording_figures(load, outputs=dict(snakemake.output.items()), **dict(snakemake.params.items()))
