@@ -107,7 +107,7 @@ def _names() -> dict:
 def test_the_plan_of_the_default_run():
     config = validate_config(embedded_config(), REPO)
     recordings = plan.beyond_recordings(config)
-    assert ("minilm", "pydoc") in recordings and ("minilm", "pydoc_shuffled") not in recordings
+    assert ("minilm", "pydoc") in recordings and ("pydoc_llama", "pydoc_shuffled") not in recordings
     assert plan.twin_of(config, "pydoc_llama", "pydoc") == "pydoc_llama_untrained"
     assert plan.twin_of(config, "pydoc_llama_untrained", "pydoc") is None
     drawn = plan.figure_recordings(config)

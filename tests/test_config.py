@@ -41,7 +41,7 @@ def test_default_config_is_valid_and_complete():
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     filled = validate_config(config, REPO)
     assert filled["extraction"]["positions"] == "last"
-    assert ("minilm", "pydoc_shuffled") in recordings(filled)
+    assert ("pydoc_llama", "pydoc_shuffled") in recordings(filled)
 
 
 def test_defaults_are_filled_everywhere():

@@ -266,3 +266,43 @@ def test_time_per_step_names_each_rows_rule(tmp_path):
     assert "<td>pca: minilm--pydoc</td><td>3.5</td>" in timings
     assert "<td>train_model: affine_gpt</td><td>40.0</td>" in timings
     assert "<th>total</th><th>43.5</th>" in timings
+
+
+@pytest.mark.parametrize("cae, perturbation", [(True, True), (False, True), (True, False)])
+def test_one_figures_job_draws_the_asked_panels_and_reads_only_their_inputs(
+    monkeypatch, cae, perturbation
+):
+    """The figures rule draws every figure whose panels it outputs, and reads an analysis only
+    when a panel needs it: the CAE's and the perturbations' inputs are absent when off."""
+    from residual_dynamics.paper import figures
+
+    calls = []
+    for name in ("figure_1", "figure_2", "figure_3", "figure_4abc", "figure_4d"):
+        monkeypatch.setattr(
+            figures, name, lambda *data, _n=name, **kw: calls.append((_n, data, sorted(kw)))
+        )
+    outputs = {p: f"{p}.png" for p in ("fig1b", "fig1h", "fig2a", "fig4a", "fig4c")}
+    if cae:
+        outputs.update({p: f"{p}.png" for p in ("fig3b", "fig3c", "fig3d")})
+    if perturbation:
+        outputs.update({"fig4d": "fig4d.png", "fig4e": "fig4e.png"})
+    loaded = []
+
+    def load(name):
+        loaded.append(name)
+        return name
+
+    drawn = figures.recording_figures(
+        load, outputs=outputs, formats=["png"], dpi=50, reading="transitions", label="m on d"
+    )
+    expected = ["1", "2", *(["3"] if cae else []), "4A-4C", *(["4D-4E"] if perturbation else [])]
+    assert drawn == expected
+    assert [c[0] for c in calls] == [
+        {"1": "figure_1", "2": "figure_2", "3": "figure_3"}.get(d, "figure_4abc")
+        if d != "4D-4E"
+        else "figure_4d"
+        for d in expected
+    ]
+    assert calls[0][1] == ("means", "stats", "mi") and calls[1][1] == ("means", "rotations")
+    assert ("cae" in loaded) is cae and ("perturbation" in loaded) is perturbation
+    assert all("outputs" in kw and "dpi" in kw for _, _, kw in calls)

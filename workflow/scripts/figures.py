@@ -14,7 +14,9 @@ setup_logging(snakemake.log[0])
 @functools.cache
 def load(name: str) -> xr.Dataset:
     # Whole results into memory without Dask (its import costs more than these small reads).
-    return xr.open_zarr(snakemake.input[name], chunks=None).load()
+    # The CAE's and the perturbations' inputs are lists (empty when their analysis is off).
+    path = snakemake.input[name]
+    return xr.open_zarr(path if isinstance(path, str) else path[0], chunks=None).load()
 
 
 # The rule's params are the drawing settings (dpi, formats, reading, label).

@@ -279,6 +279,9 @@ def model_config(settings: TrainSettings, tokenizer):
             resid_pdrop=settings.dropout,
             embd_pdrop=settings.dropout,
             attn_pdrop=settings.dropout,
+            # GPT-2's tanh-approximated GELU (gelu_new's function) as one fused kernel: a step of
+            # the default affine model 0.148 s -> 0.121 s on one thread.
+            activation_function="gelu_pytorch_tanh",
             **ids,
         )
     return LlamaConfig(
