@@ -150,7 +150,7 @@ def test_worker_process_auto_follows_the_store_size(tmp_path, monkeypatch):
     assert cluster.worker_process("auto", store) is True
 
     statistics = {"memory_limit": "1GiB", "scheduler_address": None}
-    monkeypatch.setattr(cluster, "AUTO_PROCESS_BYTES", 1 << 30)
+    monkeypatch.setattr(cluster, "AUTO_PROCESS_BYTES", 256 << 20)
     with cluster.job_client(1, statistics=statistics, dask={}, store=store) as client:
         (address,) = client.scheduler_info()["workers"]
         assert address.startswith("inproc://"), address  # threads of this process

@@ -3,7 +3,7 @@
 The choice is the config's ``dask`` section (workflow/schemas/modules/cluster.yaml):
 
 - ``local`` (default): one worker inside the job, with the rule's threads and a memory limit. With
-  ``dask.worker_process`` (``auto``: for stores over 1 GiB) the worker is a process of its own whose
+  ``dask.worker_process`` (``auto``: for stores over 256 MiB) the worker is a process of its own whose
   nanny enforces the limit; otherwise it runs as threads of the job's process, which saves the
   ~3.5 s a worker process costs to start and import into (a third of a small store's job). On a
   SLURM cluster that is the job's own allocation.
@@ -36,8 +36,10 @@ DEFAULTS = {
     "slurm": {},
 }
 # dask.worker_process 'auto': a worker process (its nanny enforcing the memory limit) for stores
-# larger than this; below it the analysis fits any job's memory and threads are enough.
-AUTO_PROCESS_BYTES = 1 << 30
+# larger than this; below it the analysis fits any job's memory, takes seconds, and the ~3.5 s a
+# worker process costs to start would be a third of it. The default run's stores are 5-16 MB, the
+# paper's (1000 texts x 64 sublayers x 4096 units) 1 GiB.
+AUTO_PROCESS_BYTES = 256 << 20
 
 
 def store_nbytes(store) -> int | None:
