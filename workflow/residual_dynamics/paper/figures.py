@@ -230,31 +230,13 @@ def recording_figures(
     # Which figure draws which panels: the first panel of each marks it as asked for.
     first = {"1": "fig1b", "2": "fig2a", "3": "fig3b", "4A-4C": "fig4a", "4D-4E": "fig4d"}
     drawn = []
+    common = dict(outputs=outputs, formats=formats, dpi=dpi)
     draws = {
-        "1": lambda: figure_1(
-            load("means"),
-            load("stats"),
-            load("mi"),
-            outputs=outputs,
-            formats=formats,
-            dpi=dpi,
-            reading=reading,
-        ),
-        "2": lambda: figure_2(
-            load("means"), load("rotations"), outputs=outputs, formats=formats, dpi=dpi
-        ),
-        "3": lambda: figure_3(load("cae"), outputs=outputs, formats=formats, dpi=dpi, label=label),
-        "4A-4C": lambda: figure_4abc(
-            load("pca"), outputs=outputs, formats=formats, dpi=dpi, label=label
-        ),
-        "4D-4E": lambda: figure_4d(
-            load("pca"),
-            load("perturbation"),
-            outputs=outputs,
-            formats=formats,
-            dpi=dpi,
-            label=label,
-        ),
+        "1": lambda: figure_1(load("means"), load("stats"), load("mi"), reading=reading, **common),
+        "2": lambda: figure_2(load("means"), load("rotations"), **common),
+        "3": lambda: figure_3(load("cae"), label=label, **common),
+        "4A-4C": lambda: figure_4abc(load("pca"), label=label, **common),
+        "4D-4E": lambda: figure_4d(load("pca"), load("perturbation"), label=label, **common),
     }
     for name, draw in draws.items():
         if first[name] not in outputs:
