@@ -3,10 +3,9 @@
 import logging
 
 import torch
-import xarray as xr
 
 from residual_dynamics.analysis.perturbation import recovery_summary, run_perturbations
-from residual_dynamics.io.atomic import write_dataset_atomic
+from residual_dynamics.io.atomic import read_result, write_dataset_atomic
 from residual_dynamics.io.logs import setup_logging
 
 sm = snakemake
@@ -16,7 +15,7 @@ result = run_perturbations(
     model_name=sm.wildcards.model,
     model_spec=sm.params.model,
     store_path=sm.input.store,
-    pca=xr.open_zarr(sm.input.pca, chunks=None).load(),
+    pca=read_result(sm.input.pca),
     dataset_path=sm.input.dataset,
     settings=sm.params.settings,
     include_final=sm.params.include_final,

@@ -3,8 +3,7 @@
 import json
 from pathlib import Path
 
-import xarray as xr
-
+from residual_dynamics.io.atomic import read_result
 from residual_dynamics.io.logs import setup_logging
 from residual_dynamics.paper.captions import (
     add_claim_verdicts,
@@ -50,7 +49,7 @@ for index, ((model, dataset), store, means) in enumerate(
     captions |= reduction_captions(reductions[model, dataset])
     captions["fig1b"] = (
         captions["fig1b"][0],
-        mean_activation_caption(xr.open_zarr(means, chunks=None).load()),
+        mean_activation_caption(read_result(means)),
     )
     captions = add_claim_verdicts(captions, claims[model, dataset], verdicts.get((model, dataset)))
     figures = [

@@ -2,15 +2,14 @@
 
 from pathlib import Path
 
-import xarray as xr
-
+from residual_dynamics.io.atomic import read_result
 from residual_dynamics.io.logs import setup_logging
 from residual_dynamics.studies.talking_heads.figures import write_figures
 
 setup_logging(snakemake.log[0])
 write_figures(
-    xr.open_zarr(snakemake.input.weights, chunks=None).load(),
-    xr.open_zarr(snakemake.input.laundry, chunks=None).load(),
+    read_result(snakemake.input.weights),
+    read_result(snakemake.input.laundry),
     Path(snakemake.output.composition).parent,
     formats=snakemake.params.formats,
     dpi=snakemake.params.dpi,

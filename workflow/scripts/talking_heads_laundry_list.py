@@ -5,10 +5,9 @@ import logging
 import os
 
 import torch
-import xarray as xr
 
 from residual_dynamics.inputs.models import context_window, load_model
-from residual_dynamics.io.atomic import write_dataset_atomic
+from residual_dynamics.io.atomic import read_result, write_dataset_atomic
 from residual_dynamics.io.logs import setup_logging
 from residual_dynamics.recording.extract import resolve_add_bos
 from residual_dynamics.studies.talking_heads.laundry import laundry_list_analysis, skipped_dataset
@@ -20,7 +19,7 @@ torch.set_num_threads(snakemake.threads)
 
 name = snakemake.wildcards.model
 laundry_list = snakemake.params.laundry_list
-weights = xr.open_zarr(snakemake.input.weights, chunks=None).load()
+weights = read_result(snakemake.input.weights)
 if not laundry_list["enabled"]:
     reason = "talking_heads.laundry_list.enabled is false"
     logging.getLogger(__name__).info("Laundry List skipped: %s", reason)

@@ -2,8 +2,7 @@
 
 from pathlib import Path
 
-import xarray as xr
-
+from residual_dynamics.io.atomic import read_result
 from residual_dynamics.io.logs import setup_logging
 from residual_dynamics.studies.talking_heads.figures import FIGURES
 from residual_dynamics.studies.talking_heads.section import write_section
@@ -15,8 +14,8 @@ figures = {name: list(getattr(snakemake.input, name)) for name in FIGURES}
 write_section(
     snakemake.output.manifest,
     models=models,
-    weights=[xr.open_zarr(p, chunks=None).load() for p in snakemake.input.weights],
-    results=[xr.open_zarr(p, chunks=None).load() for p in snakemake.input.laundry_list],
+    weights=[read_result(p) for p in snakemake.input.weights],
+    results=[read_result(p) for p in snakemake.input.laundry_list],
     figures=[{name: Path(paths[i]) for name, paths in figures.items()} for i in range(len(models))],
     n_outliers=snakemake.params.n_outliers,
 )

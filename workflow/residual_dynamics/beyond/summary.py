@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
+from residual_dynamics.io.atomic import read_result
+
 # Per-transition measures of the spectra figure: (variable, k index or None, label).
 SPECTRA = (
     ("sigma_top", 0, "largest singular value (expansion)"),
@@ -84,11 +86,9 @@ def why_not(result: xr.Dataset | None) -> str:
 
 def load_recording(model: str, dataset: str, geometry, dynamics=None, ablation=None) -> Recording:
     """A recording's results read from their Zarr paths (``dynamics``, ``ablation`` may be None)."""
-
-    def read(path):
-        return xr.open_zarr(path).load() if path is not None else None
-
-    return Recording(model, dataset, read(geometry), read(dynamics), read(ablation))
+    return Recording(
+        model, dataset, read_result(geometry), read_result(dynamics), read_result(ablation)
+    )
 
 
 WORDS = {True: "reproduced", False: "not reproduced", None: "not comparable"}
