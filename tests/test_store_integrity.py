@@ -133,3 +133,27 @@ def test_a_store_written_before_checksums_reads_with_a_warning(values, tmp_path,
     with caplog.at_level(logging.WARNING):
         np.testing.assert_array_equal(open_store(path)["resid"][:], values)
     assert "without chunk checksums" in caplog.text and f"Delete {path}" in caplog.text
+
+
+def test_a_result_is_read_whole_without_dask_from_a_path_or_a_rule_list(tmp_path):
+    """io.atomic.read_result: what write_dataset_atomic wrote comes back equal, as numpy (no Dask
+    chunks); a rule's one-path list gives the same, an empty list or None gives None (an analysis
+    switched off), and two paths are refused."""
+    import xarray as xr
+
+    from residual_dynamics.io.atomic import read_result, write_dataset_atomic
+
+    data = xr.Dataset(
+        {"r": (("transition", "unit"), np.arange(12.0).reshape(3, 4))},
+        coords={"transition": ["a", "b", "c"]},
+        attrs={"model": "m"},
+    )
+    path = tmp_path / "stats.zarr"
+    write_dataset_atomic(data, path)
+    for given in (str(path), path, [str(path)]):
+        got = read_result(given)
+        xr.testing.assert_identical(got, data)
+        assert not got.chunks and isinstance(got["r"].data, np.ndarray)
+    assert read_result([]) is None and read_result(None) is None
+    with pytest.raises(ValueError):
+        read_result([str(path), str(path)])
