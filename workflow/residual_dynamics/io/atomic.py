@@ -66,9 +66,9 @@ def write_dataset_atomic(data, path: Path | str, text_as_object: bool = False) -
 
 
 def read_result(path):
-    """A dataset :func:`write_dataset_atomic` wrote, read whole into memory without Dask (the
-    results are small, and importing Dask cost a job about 1.6 s). ``path`` may be a rule's
-    list input: its one path, or None for an empty list (an analysis switched off)."""
+    """A result dataset (as :func:`write_dataset_atomic` writes them), read whole into memory
+    without Dask (the results are small, and importing Dask cost a job about 1.6 s). ``path``
+    may be a rule's list input: its one path, or None for an empty list (an analysis off)."""
     import xarray as xr
 
     if not isinstance(path, str | Path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from residual_dynamics.io.atomic import json_value, move_into_place, partial_path
+from residual_dynamics.io.atomic import json_value, move_into_place, partial_path, read_result
 
 
 def write_arrays(path: Path | str, arrays: dict, attrs: dict) -> None:
@@ -34,7 +34,6 @@ def write_arrays(path: Path | str, arrays: dict, attrs: dict) -> None:
 
 
 def read_arrays(path: Path | str):
-    """A group written by ``write_arrays``, loaded into memory as an xarray Dataset."""
-    import xarray as xr
-
-    return xr.open_zarr(str(path), consolidated=True).load()
+    """A group written by ``write_arrays``, loaded into memory as an xarray Dataset (the
+    project's one result reader: whole, without Dask)."""
+    return read_result(path)
