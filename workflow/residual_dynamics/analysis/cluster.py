@@ -5,8 +5,9 @@ The choice is the config's ``dask`` section (workflow/schemas/modules/cluster.ya
 - ``local`` (default): one worker inside the job, with the rule's threads and a memory limit. With
   ``dask.worker_process`` (``auto``: for stores over 256 MiB) the worker is a process of its own whose
   nanny enforces the limit; otherwise it runs as threads of the job's process, which saves the
-  ~3.5 s a worker process costs to start and import into (a third of a small store's job). On a
-  SLURM cluster that is the job's own allocation.
+  ~3.5 s a worker process costs to start and import into (a third of a small store's job), and
+  has no memory limit of its own (it could not tell its memory from the job's): the job's bound
+  holds. On a SLURM cluster that is the job's own allocation.
 - ``address``: an existing scheduler (``dask.address``, or the older
   ``statistics.scheduler_address``), e.g. one a site runs for many users.
 - ``slurm``: dask-jobqueue's SLURMCluster; the job becomes the scheduler and submits
@@ -173,10 +174,17 @@ def dask_client(
     if kind != "local":
         raise ConfigError([f"dask.cluster: {kind!r} is not one of {', '.join(CLUSTERS)}"])
     processes = worker_process(settings["worker_process"], store)
+    if not processes:
+        # A worker in the job's process measures the whole process's memory (the job's arrays,
+        # torch, the client's results) against its limit, and at 80 % pauses until that falls,
+        # which memory the worker does not own never does: the job would wait for ever. Its
+        # bound is the job's own (Snakemake's resources, SLURM's --mem); only a worker process
+        # has a nanny to enforce statistics.memory_limit.
+        memory_limit = 0
     log.info(
         "dask: a local worker with %d thread(s), %s",
         max(1, threads),
-        "in its own process" if processes else "in this job's process",
+        "in its own process" if processes else "in this job's process (no worker memory limit)",
     )
     with (
         LocalCluster(
