@@ -125,6 +125,35 @@ def test_mi_ksg_near_truth(rho):
     assert np.all(np.abs(err) < 0.12), err
 
 
+def test_ksg_margin_counts_equal_a_brute_force_count_on_ties_and_long_tails():
+    """KSG's 1-D ball counts by binary search (mi_rank_estimators._within) against counting
+    every pair, on the data where bounds round: repeated values (discrete units), values equal
+    to a radius apart, long tails, a constant unit; and mi_ksg against the k-d tree it replaced."""
+    from scipy.spatial import cKDTree
+
+    from residual_dynamics.analysis.mi_rank_estimators import _within
+
+    rng = np.random.default_rng(3)
+    samples = [
+        rng.normal(size=500),
+        rng.integers(0, 6, size=500) * 0.1,  # few distinct values, none exact in binary
+        np.round(rng.standard_t(1.5, size=500), 2),
+        np.full(50, 0.3),
+        rng.normal(size=1),
+    ]
+    for v in samples:
+        n = len(v)
+        for radius in (
+            np.abs(v[rng.integers(0, n, size=n)] - v),  # exactly the distance to some point
+            np.nextafter(np.abs(v[rng.integers(0, n, size=n)] - v), 0),  # one ulp inside
+            0.3 * np.abs(rng.normal(size=n)),
+        ):
+            brute = (np.abs(v[None, :] - v[:, None]) <= radius[:, None]).sum(axis=1)
+            np.testing.assert_array_equal(_within(v, radius), brute)
+            tree = cKDTree(v[:, None]).query_ball_point(v[:, None], radius, p=np.inf)
+            np.testing.assert_array_equal(_within(v, radius), [len(t) for t in tree])
+
+
 def test_copula_normal_and_gcmi_are_ince_et_al():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((N, 3))

@@ -118,6 +118,35 @@ def max_robust_z(x: np.ndarray) -> np.ndarray:
     return np.where(scale > 0, z, np.where(np.isfinite(scale), 0.0, np.nan))
 
 
+def _within(v: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Per point i, how many points j (i itself included) have |v_j - v_i| <= radius_i: the
+    1-D ball counts of KSG's margins by binary search in the sorted values (what a k-d tree's
+    query_ball_point returns, exactly, at a tenth of its cost)."""
+    order = np.sort(v)
+    n = len(order)
+
+    def inside(index):
+        return np.abs(order[np.clip(index, 0, n - 1)] - v) <= radius
+
+    # The range [lo, hi) of sorted values within the radius, from v -/+ radius; the bounds are
+    # then settled by the distance itself (v -/+ radius may round across a value at the radius),
+    # stepping a whole run of equal values at a time.
+    lo = np.searchsorted(order, v - radius, side="left")
+    hi = np.searchsorted(order, v + radius, side="right")
+    for _ in range(n):
+        down = (lo > 0) & inside(lo - 1)
+        up = (lo < n) & ~inside(lo)
+        lo = np.where(down, np.searchsorted(order, order[np.maximum(lo - 1, 0)], "left"), lo)
+        lo = np.where(up, np.searchsorted(order, order[np.minimum(lo, n - 1)], "right"), lo)
+        grow = (hi < n) & inside(hi)
+        shrink = (hi > 0) & ~inside(hi - 1)
+        hi = np.where(grow, np.searchsorted(order, order[np.minimum(hi, n - 1)], "right"), hi)
+        hi = np.where(shrink, np.searchsorted(order, order[np.maximum(hi - 1, 0)], "left"), hi)
+        if not (down.any() or up.any() or grow.any() or shrink.any()):
+            break
+    return np.maximum(hi - lo, 0)
+
+
 def mi_ksg(x: np.ndarray, y: np.ndarray, k: int = 3) -> np.ndarray:
     """Kraskov-Stögbauer-Grassberger MI estimator 1 (max-norm), in nats, per column pair.
 
@@ -146,8 +175,7 @@ def mi_ksg(x: np.ndarray, y: np.ndarray, k: int = 3) -> np.ndarray:
         # "Strictly closer" than the k-th neighbour: shrink the radius by one ulp. The counts
         # include the point itself, which is the "+ 1" in psi(n + 1).
         radius = np.nextafter(dist[:, k], 0)
-        nx = cKDTree(a).query_ball_point(a, radius, p=np.inf, return_length=True)
-        ny = cKDTree(b).query_ball_point(b, radius, p=np.inf, return_length=True)
+        nx, ny = _within(a[:, 0], radius), _within(b[:, 0], radius)
         out[c] = (
             special.digamma(k)
             + special.digamma(n)
