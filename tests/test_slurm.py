@@ -36,7 +36,6 @@ RULES = {
     "prepare_dataset": 1,
     "extract_activations": 2,
     "merge_shards": 1,
-    "unit_means": 1,
     "transition_statistics": 1,
     "mutual_information": 1,
     "rotations": 1,
@@ -250,7 +249,7 @@ def test_paper_config_dry_run_lists_the_jobs_and_their_resources(tmp_path):
     assert int(counts["prepare_dataset"]) == 3
     assert int(counts["merge_shards"]) == recordings
     assert int(counts["control_store"]) == walks
-    for rule in ("unit_means", "transition_statistics", "mutual_information", "rotations", "pca"):
+    for rule in ("transition_statistics", "mutual_information", "rotations", "pca"):
         assert int(counts[rule]) == recordings + walks, rule
     assert int(counts["summary"]) == recordings + walks
     for rule in ("figures", "train_cae", "perturb"):
@@ -267,7 +266,7 @@ def test_paper_config_dry_run_lists_the_jobs_and_their_resources(tmp_path):
         assert "gpu=1" in resources[gpu_rule], (gpu_rule, resources[gpu_rule])
     assert "mem_mb=64000" in resources["extract_activations"]
     assert "runtime=240" in resources["extract_activations"]
-    for cpu_rule in ("transition_statistics", "unit_means", "mutual_information", "pca"):
+    for cpu_rule in ("transition_statistics", "mutual_information", "pca"):
         assert "gpu" not in resources[cpu_rule], (cpu_rule, resources[cpu_rule])
     assert "mem_mb=64000" in resources["transition_statistics"]
     # The extraction jobs name the paper's models and datasets.

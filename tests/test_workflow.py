@@ -308,7 +308,13 @@ def test_default_config_dry_run_lists_the_whole_dag(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    for rule in ("prepare_dataset", "extract_activations", "merge_shards", "unit_means", "report"):
+    for rule in (
+        "prepare_dataset",
+        "extract_activations",
+        "merge_shards",
+        "transition_statistics",
+        "report",
+    ):
         assert rule in out
 
 

@@ -6,7 +6,7 @@
 rule summary:
     """The numbers of Figures 1 and 2 in one JSON, which the report reads."""
     input:
-        means=rules.unit_means.output.means,
+        means=rules.transition_statistics.output.means,
         stats=rules.transition_statistics.output.stats,
         mi=rules.mutual_information.output.mi,
         rotations=rules.rotations.output.rotations,
@@ -80,7 +80,7 @@ rule figures:
     teleports and 4E recovery per layer.
     """
     input:
-        means=rules.unit_means.output.means,
+        means=rules.transition_statistics.output.means,
         stats=rules.transition_statistics.output.stats,
         mi=rules.mutual_information.output.mi,
         rotations=rules.rotations.output.rotations,

@@ -8,7 +8,7 @@ rule report:
             for panel in PANELS
         },
         stores=per_recording(rules.merge_shards.output.store),
-        means=per_recording(rules.unit_means.output.means),
+        means=per_recording(rules.transition_statistics.output.means),
         summaries=per_recording(rules.summary.output.summary),
         reductions=per_recording(rules.reduction_summary.output.summary),
         # The negative-control recordings' summaries, for the controls tables.

@@ -1,29 +1,11 @@
-rule unit_means:
-    """Mean activation per unit and sublayer over samples (Figure 1B), read lazily with Dask."""
+rule transition_statistics:
+    """Mean activation per unit and sublayer (Figure 1B), then per-unit correlations, per-sample
+    cosine and velocity (Figures 1C-1F) in one Dask pass: one job, one start-up, per store.
+    """
     input:
         store=rules.merge_shards.output.store,
     output:
         means=directory(f"{RESULTS}/statistics/{{model}}/{{dataset}}/unit_means.zarr"),
-    log:
-        f"{RESULTS}/logs/unit_means/{{model}}/{{dataset}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/unit_means/{{model}}--{{dataset}}.tsv"
-    conda:
-        "../../envs/analysis.yaml"
-    threads: JOB_THREADS
-    resources:
-        mem_mb=4000,
-    params:
-        sublayers=config["analysis"]["sublayers"],
-    script:
-        "../scripts/unit_means.py"
-
-
-rule transition_statistics:
-    """Per-unit correlations, per-sample cosine and velocity (Figures 1C-1F), one Dask pass."""
-    input:
-        store=rules.merge_shards.output.store,
-    output:
         stats=directory(f"{RESULTS}/statistics/{{model}}/{{dataset}}/transitions.zarr"),
     log:
         f"{RESULTS}/logs/transition_statistics/{{model}}/{{dataset}}.log",
@@ -74,7 +56,7 @@ rule rotations:
     """Rotation counts of each unit's phase portrait against the pair-shuffle and surrogate
     nulls (Figure 2)."""
     input:
-        means=rules.unit_means.output.means,
+        means=rules.transition_statistics.output.means,
     output:
         rotations=directory(
             f"{RESULTS}/statistics/{{model}}/{{dataset}}/rotations.zarr"
