@@ -88,11 +88,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy import special
-from scipy.stats import gaussian_kde
+
+if TYPE_CHECKING:  # scipy.stats takes ~1 s to import; only the plain references use it
+    from scipy.stats import gaussian_kde
 
 from residual_dynamics.analysis.mi_common import (
     COMPUTE_DTYPE,
@@ -202,6 +205,8 @@ def mi_kde_reference(
         return float("nan")
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
+    from scipy.stats import gaussian_kde
+
     try:
         kde = gaussian_kde(np.vstack([x, y]), bw_method=bandwidth)
     except np.linalg.LinAlgError:
@@ -227,6 +232,8 @@ def _mi_continuous_reference(x: np.ndarray, y: np.ndarray, kde: gaussian_kde) ->
     def entropy(density: np.ndarray, cell: float) -> float:
         mass = density * cell
         return float(-np.sum(special.xlogy(mass, density)) / mass.sum())
+
+    from scipy.stats import gaussian_kde
 
     h = 0.0
     for values, axis in ((x, "x"), (y, "y")):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 from scipy.spatial import cKDTree
-from scipy.stats import rankdata
 
 from residual_dynamics.analysis.mi_common import as_columns
 
@@ -72,6 +71,8 @@ def copula_normal(x: np.ndarray) -> np.ndarray:
     ordered = np.take_along_axis(rows, order, axis=1)
     tied = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
     if tied.any():
+        from scipy.stats import rankdata  # ~1 s to import: only for columns with ties
+
         values[tied] = special.ndtri(rankdata(rows[tied], method="average", axis=1) / (n + 1))
     scores[finite] = values
     return scores.T
