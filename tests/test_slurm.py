@@ -39,6 +39,7 @@ RULES = {
     "transition_statistics": 1,
     "mutual_information": 1,
     "rotations": 1,
+    "pca": 1,
     "summary": 1,
 }
 
@@ -78,6 +79,9 @@ def tiny_config(tmp_path_factory):
         "extraction": {"n_shards": 2, "chunk_mib": 0.0005, "batch_size": 8},
         "rotations": {"n_permutations": 20, "n_surrogates": 10},
         "mutual_information": {"grid": 16, "ksg_units": 2},
+        # The summary job also writes the reduction summary: PCA only, no CAE or teleports.
+        "cae": {"enabled": False},
+        "perturbation": {"enabled": False},
     }
     path = shared / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))

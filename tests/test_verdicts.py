@@ -222,7 +222,7 @@ def test_planted_stores_through_the_real_rules(tmp_path):
             sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"),
             "--directory", str(tmp_path), "results/report/claims.json", "--cores", "2",
             "--max-threads", "1",
-            "--allowed-rules", "control_store", *analyses, "summary", "reduction_summary",
+            "--allowed-rules", "control_store", *analyses, "summary",
             "claims",
         ],
         capture_output=True, text=True, timeout=900,

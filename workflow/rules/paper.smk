@@ -4,14 +4,21 @@
 
 
 rule summary:
-    """The numbers of Figures 1 and 2 in one JSON, which the report reads."""
+    """The numbers of Figures 1 and 2, and of Figures 3 and 4, in two JSON files that the report
+    and the claims read (one job: reading results is most of either's cost)."""
     input:
         means=rules.transition_statistics.output.means,
         stats=rules.transition_statistics.output.stats,
         mi=rules.mutual_information.output.mi,
         rotations=rules.rotations.output.rotations,
+        pca=rules.pca.output.pca,
+        cae=model_analysis(config["cae"], rules.train_cae.output.cae),
+        perturbation=model_analysis(
+            config["perturbation"], rules.perturb.output.perturbation
+        ),
     output:
         summary=f"{RESULTS}/summaries/{{model}}/{{dataset}}/summary.json",
+        reduction=f"{RESULTS}/summaries/{{model}}/{{dataset}}/reduction_summary.json",
     log:
         f"{RESULTS}/logs/summary/{{model}}/{{dataset}}.log",
     conda:
@@ -23,27 +30,6 @@ rule summary:
         "../scripts/summary.py"
 
 
-rule reduction_summary:
-    """The numbers of Figures 3 and 4 in one JSON, which the report reads."""
-    input:
-        pca=rules.pca.output.pca,
-        cae=model_analysis(config["cae"], rules.train_cae.output.cae),
-        perturbation=model_analysis(
-            config["perturbation"], rules.perturb.output.perturbation
-        ),
-    output:
-        summary=f"{RESULTS}/summaries/{{model}}/{{dataset}}/reduction_summary.json",
-    log:
-        f"{RESULTS}/logs/reduction_summary/{{model}}/{{dataset}}.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-    script:
-        "../scripts/reduction_summary.py"
-
-
 rule claims:
     """Every claim's verdict on every recording, as a contrast with its controls (untrained twin,
     negative-control recordings) with bootstrap intervals: results/report/claims.json.
@@ -53,7 +39,7 @@ rule claims:
             rules.summary.output.summary, RECORDINGS + CONTROL_RECORDINGS
         ),
         reductions=per_recording(
-            rules.reduction_summary.output.summary, RECORDINGS + CONTROL_RECORDINGS
+            rules.summary.output.reduction, RECORDINGS + CONTROL_RECORDINGS
         ),
     output:
         claims=f"{RESULTS}/report/claims.json",

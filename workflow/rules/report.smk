@@ -10,13 +10,13 @@ rule report:
         stores=per_recording(rules.merge_shards.output.store),
         means=per_recording(rules.transition_statistics.output.means),
         summaries=per_recording(rules.summary.output.summary),
-        reductions=per_recording(rules.reduction_summary.output.summary),
+        reductions=per_recording(rules.summary.output.reduction),
         # The negative-control recordings' summaries, for the controls tables.
         control_summaries=per_recording(
             rules.summary.output.summary, CONTROL_RECORDINGS
         ),
         control_reductions=per_recording(
-            rules.reduction_summary.output.summary, CONTROL_RECORDINGS
+            rules.summary.output.reduction, CONTROL_RECORDINGS
         ),
         claims=rules.claims.output.claims,
         # One named input per panel (fig1b, ...), each listing the recordings in RECORDINGS' order.
