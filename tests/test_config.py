@@ -41,7 +41,12 @@ def test_default_config_is_valid_and_complete():
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     filled = validate_config(config, REPO)
     assert filled["extraction"]["positions"] == "last"
-    assert ("pydoc_llama", "pydoc_shuffled") in recordings(filled)
+    pairs = recordings(filled)
+    for model in ("minilm", "pydoc_llama"):  # each trained model beside its untrained twin
+        assert (model, "pydoc") in pairs and (f"{model}_untrained", "pydoc") in pairs
+    # The shuffled-text control is defined, ready to add to `runs`, and recorded by no run here.
+    assert filled["datasets"]["pydoc_shuffled"]["variant_of"] == "pydoc"
+    assert not [pair for pair in pairs if pair[1] == "pydoc_shuffled"]
 
 
 def test_defaults_are_filled_everywhere():
@@ -356,6 +361,31 @@ def test_default_studies_follow_a_users_runs_or_switch_off():
         [line] = [n for n in notes if n.startswith(f"{study}: switched off")]
         assert f"{study}.models" in line and "\n" not in line
     assert models_in_use(filled) == ["mine"]
+    # The default's beyond.datasets names the default's pydoc recordings: with runs of one's own
+    # the module takes every recorded dataset (the schema's default), which needs no line.
+    assert filled["beyond"]["enabled"] and filled["beyond"]["datasets"] == []
+
+
+def test_a_modules_dataset_list_applies_to_the_default_runs_only():
+    """beyond.datasets as in config/config.yaml restricts the default's own runs; runs of one's
+    own (even ones that record pydoc too) get every recorded dataset; a list the user writes is
+    checked as written (an unrecorded dataset is an error naming the key)."""
+    default = validate_config(embedded_config(), REPO, embedded=embedded_config())
+    assert default["beyond"]["datasets"] == ["pydoc"]
+    user = minilm_only()
+    user["runs"].append({"models": ["minilm"], "datasets": ["pydoc"]})
+    notes = []
+    filled = validate_config(
+        merged_over_default(user), REPO, embedded=embedded_config(), note=notes.append
+    )
+    assert filled["beyond"]["datasets"] == []
+    assert not [n for n in notes if n.startswith("beyond")]
+    kept = minilm_only(beyond={"datasets": ["texts"]})
+    filled = validate_config(merged_over_default(kept), REPO, embedded=embedded_config())
+    assert filled["beyond"]["datasets"] == ["texts"]
+    written = minilm_only(beyond={"datasets": ["pydoc", "texts"]})
+    with pytest.raises(ConfigError, match=r"beyond.datasets\[0\]: 'pydoc' is recorded in no"):
+        validate_config(merged_over_default(written), REPO, embedded=embedded_config())
 
 
 def test_a_study_keeps_the_default_models_the_user_still_records():

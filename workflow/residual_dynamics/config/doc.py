@@ -26,6 +26,8 @@ The related studies (`affine`, `talking_heads`, `embedding_space`) are switched 
 `config/config.yaml` for its own models. While a study's `models` is left as it is there, the study
 follows `runs`: models no run records drop out, and a study left with none is switched off, each
 change said in one line when the workflow starts. A `models` list you write is checked as written.
+Likewise `beyond.datasets` as it is there names the default's own recordings: with `runs` of your
+own it is `[]` (every recorded dataset).
 Only the `train:` models that some run records or some switched-on study lists are trained.
 """
 

@@ -375,7 +375,27 @@ def follow_runs(config: dict, embedded: dict) -> list[str]:
                 f"{name}: switched off; its models in config/config.yaml ({listed}) {verb} in no "
                 f"`runs` entry; name the models to study in {name}.models to run it"
             )
-    return notes
+    return notes + follow_runs_datasets(config, embedded)
+
+
+def follow_runs_datasets(config: dict, embedded: dict) -> list[str]:
+    """A switched-on module's ``datasets`` list left as the embedded default's (``beyond``'s)
+    names the default's own recordings, so it applies to the default's ``runs`` only: with runs
+    of one's own it becomes ``[]``, every recorded dataset, the schema's default. That changes
+    nothing a user chose, so no line is told; a list the user wrote is checked as given."""
+    if not isinstance(embedded, dict) or config["runs"] == embedded.get("runs"):
+        return []
+    for name, section in config.items():
+        default = embedded.get(name)
+        if (
+            isinstance(section, dict)
+            and section.get("enabled") is True
+            and isinstance(default, dict)
+            and section.get("datasets")
+            and section.get("datasets") == default.get("datasets")
+        ):
+            section["datasets"] = []
+    return []
 
 
 def _check_modules(config: dict, base_dir: Path) -> list[str]:
