@@ -358,6 +358,11 @@ CROSS_CHECKED = {
     "statistics.scheduler_address": [],
     # Only datasets of the config get negative controls.
     "verdicts.datasets": [],
+    # The beyond section's datasets must be recorded in some run.
+    "beyond.datasets": [],
+    # Shuffling the one dataset the beyond section reads (config.yaml: beyond.datasets [pydoc])
+    # leaves it nothing while beyond.include_shuffled is false; the message names that key.
+    "datasets.*.shuffle_tokens": [r"^beyond\.include_shuffled"],
 }
 
 
