@@ -135,16 +135,14 @@ def _within(v: np.ndarray, radius: np.ndarray) -> np.ndarray:
     lo = np.searchsorted(order, v - radius, side="left")
     hi = np.searchsorted(order, v + radius, side="right")
     for _ in range(n):
-        down = (lo > 0) & inside(lo - 1)
-        up = (lo < n) & ~inside(lo)
-        lo = np.where(down, np.searchsorted(order, order[np.maximum(lo - 1, 0)], "left"), lo)
-        lo = np.where(up, np.searchsorted(order, order[np.minimum(lo, n - 1)], "right"), lo)
-        grow = (hi < n) & inside(hi)
-        shrink = (hi > 0) & ~inside(hi - 1)
-        hi = np.where(grow, np.searchsorted(order, order[np.minimum(hi, n - 1)], "right"), hi)
-        hi = np.where(shrink, np.searchsorted(order, order[np.maximum(hi - 1, 0)], "left"), hi)
+        down, up = (lo > 0) & inside(lo - 1), (lo < n) & ~inside(lo)
+        grow, shrink = (hi < n) & inside(hi), (hi > 0) & ~inside(hi - 1)
         if not (down.any() or up.any() or grow.any() or shrink.any()):
-            break
+            break  # the usual case at once: no bound rounded across a value
+        lo[down] = np.searchsorted(order, order[lo[down] - 1], "left")
+        lo[up] = np.searchsorted(order, order[lo[up]], "right")
+        hi[grow] = np.searchsorted(order, order[hi[grow]], "right")
+        hi[shrink] = np.searchsorted(order, order[hi[shrink] - 1], "left")
     return np.maximum(hi - lo, 0)
 
 
