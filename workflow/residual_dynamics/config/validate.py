@@ -344,7 +344,8 @@ def validate_config(
 def follow_runs(config: dict, embedded: dict) -> list[str]:
     """Switched-on modules whose ``models`` list is still the embedded default's follow the runs:
     models no run records are dropped from the list, and a module left with none is switched
-    off. Changes ``config`` in place; returns one line per module changed.
+    off; a default ``datasets`` list follows too (:func:`default_datasets_follow_runs`). Changes
+    ``config`` in place; returns one line per module changed.
 
     A ``--configfile`` replaces ``runs`` but keeps the default modules' lists, which name the
     default's own models: a user who records only their model did not ask for those. A list the
@@ -375,16 +376,17 @@ def follow_runs(config: dict, embedded: dict) -> list[str]:
                 f"{name}: switched off; its models in config/config.yaml ({listed}) {verb} in no "
                 f"`runs` entry; name the models to study in {name}.models to run it"
             )
-    return notes + follow_runs_datasets(config, embedded)
+    default_datasets_follow_runs(config, embedded)
+    return notes
 
 
-def follow_runs_datasets(config: dict, embedded: dict) -> list[str]:
+def default_datasets_follow_runs(config: dict, embedded: dict) -> None:
     """A switched-on module's ``datasets`` list left as the embedded default's (``beyond``'s)
     names the default's own recordings, so it applies to the default's ``runs`` only: with runs
     of one's own it becomes ``[]``, every recorded dataset, the schema's default. That changes
     nothing a user chose, so no line is told; a list the user wrote is checked as given."""
     if not isinstance(embedded, dict) or config["runs"] == embedded.get("runs"):
-        return []
+        return
     for name, section in config.items():
         default = embedded.get(name)
         if (
@@ -395,7 +397,6 @@ def follow_runs_datasets(config: dict, embedded: dict) -> list[str]:
             and section.get("datasets") == default.get("datasets")
         ):
             section["datasets"] = []
-    return []
 
 
 def _check_modules(config: dict, base_dir: Path) -> list[str]:
