@@ -183,9 +183,7 @@ def test_causal_maps_run_the_one_token_and_bert_the_whole_text(tiny, family):
         assert seen == [1]  # token p alone reaches the block
 
 
-def test_a_prefix_that_does_not_reproduce_the_text_falls_back_to_the_whole_text(
-    tiny, monkeypatch
-):
+def test_a_prefix_that_does_not_reproduce_the_text_falls_back_to_the_whole_text(tiny, monkeypatch):
     # A family whose cache does more than keep the earlier keys (planted: the first key dropped)
     # must not get one-token maps: they would not pass through the recorded trajectory.
     from residual_dynamics.analysis import local_dynamics as module
