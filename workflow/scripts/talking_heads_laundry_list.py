@@ -6,11 +6,15 @@ import os
 
 import torch
 
-from residual_dynamics.inputs.models import context_window, load_model
+from residual_dynamics.inputs.models import context_window, load_model, load_tokenizer
 from residual_dynamics.io.atomic import read_result, write_dataset_atomic
 from residual_dynamics.io.logs import setup_logging
 from residual_dynamics.recording.extract import resolve_add_bos
-from residual_dynamics.studies.talking_heads.laundry import laundry_list_analysis, skipped_dataset
+from residual_dynamics.studies.talking_heads.laundry import (
+    laundry_list_analysis,
+    skipped_dataset,
+    vocabulary_skip,
+)
 from residual_dynamics.studies.talking_heads.weights import check_gpt2
 
 setup_logging(snakemake.log[0])
@@ -25,6 +29,9 @@ if not laundry_list["enabled"]:
     logging.getLogger(__name__).info("Laundry List skipped: %s", reason)
     result = skipped_dataset(name, reason)
 else:
+    # The tokenizer first: a task it cannot encode is skipped without loading the model.
+    result = vocabulary_skip(load_tokenizer(name, snakemake.params.spec), name)
+if result is None:
     loaded = load_model(name, snakemake.params.spec, device=snakemake.params.device, with_head=True)
     check_gpt2(loaded.model.config, snakemake.params.config_key)
     result = laundry_list_analysis(

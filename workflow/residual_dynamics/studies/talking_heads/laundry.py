@@ -58,6 +58,17 @@ def _component_rank(data: xr.Dataset, kind: str, mover: str, sources: Sequence[s
     return sorted(rows, key=lambda r: -r["z"])
 
 
+def vocabulary_skip(tokenizer, model_name: str) -> xr.Dataset | None:
+    """The skipped result, with the reason, when the tokenizer cannot encode the task's words
+    (the rule checks this before it loads the model); None when it can."""
+    problems = ll.check_vocabulary(tokenizer)
+    if not problems:
+        return None
+    reason = f"the Laundry List cannot run on {model_name}'s tokenizer: " + "; ".join(problems)
+    log.warning("%s", reason)
+    return skipped_dataset(model_name, reason)
+
+
 def laundry_list_analysis(
     model,
     tokenizer,
@@ -76,11 +87,9 @@ def laundry_list_analysis(
     task's words.
     """
     task = laundry_list
-    problems = ll.check_vocabulary(tokenizer)
-    if problems:
-        reason = f"the Laundry List cannot run on {model_name}'s tokenizer: " + "; ".join(problems)
-        log.warning("%s", reason)
-        return skipped_dataset(model_name, reason)
+    skipped = vocabulary_skip(tokenizer, model_name)
+    if skipped is not None:
+        return skipped
     pad = tokenizer.pad_token_id
     if pad is None:
         pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
