@@ -738,7 +738,8 @@ def test_odd_values_anywhere_give_only_config_errors(data):
 
 def test_specific_odd_inputs():
     """Cases found by the fuzz (each once crashed or passed): keys YAML reads as numbers, booleans
-    or dates; a trailing newline after a name; NaN; task grids too large to enumerate."""
+    or dates; a trailing newline after a name; NaN; a NUL byte in a path; task grids too large to
+    enumerate."""
     cases = {
         "models: key 1 (int) is not text": {"models": {1: {"package": "x"}}},
         "extraction: key True (bool)": {"extraction": {True: 1, "a": 2}},
@@ -753,6 +754,11 @@ def test_specific_odd_inputs():
         },
         "datasets.d.task.a[0]": {"datasets": {"d": {"task": {"a": [10**30, 10**30]}}}},
         "runs[0].datasets: required but missing": {"runs": [{"models": ["m"]}]},
+        # A NUL byte ("\0" in double-quoted YAML): the OS raised "embedded null byte" on the path.
+        "models.m.path: '\\x00' holds a NUL byte": {"models": {"m": {"path": "\x00"}}},
+        "datasets.d.file.path: 'a\\x00b' holds a NUL byte": {
+            "datasets": {"d": {"file": {"path": "a\x00b"}}}
+        },
     }
     for expected, config in cases.items():
         problems = rejection(config)

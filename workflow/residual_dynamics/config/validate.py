@@ -88,9 +88,10 @@ def _schema_at(schema: dict, root: dict) -> dict:
 
 
 def _unreadable(value, path: list) -> list[str]:
-    """Keys that are not text, and numbers that are not finite: YAML reads unquoted numbers,
-    dates, yes/no/on/off and null keys as such, and .nan/.inf as floats. The schema cannot see
-    either (its name patterns test strings only; NaN passes every minimum and maximum)."""
+    """Keys that are not text, numbers that are not finite and text holding a NUL byte: YAML
+    reads unquoted numbers, dates, yes/no/on/off and null keys as such, .nan/.inf as floats, and
+    "\\0" in double quotes as a NUL. The schema cannot see these (its name patterns test strings
+    only; NaN passes every minimum and maximum; a NUL path fails only when the OS is asked)."""
     problems: list[str] = []
     if isinstance(value, dict):
         for name, sub in value.items():
@@ -106,6 +107,9 @@ def _unreadable(value, path: list) -> list[str]:
             problems += _unreadable(sub, [*path, i])
     elif isinstance(value, float) and not math.isfinite(value):
         problems.append(f"{_key(path)}: {value} is not a usable number; give a finite one")
+    elif isinstance(value, str) and "\x00" in value:
+        # The OS refuses it in any path ("embedded null byte"), and it is in no name or model id.
+        problems.append(f"{_key(path)}: {value!r} holds a NUL byte (\\x00); remove it")
     return problems
 
 
