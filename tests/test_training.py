@@ -191,6 +191,23 @@ def test_text_lm_learns_and_twin_perplexity_is_near_vocabulary_size(tmp_path):
     assert json.loads((tmp_path / "lm" / "config.json").read_text())["model_type"] == "llama"
 
 
+def test_train_settings_defaults_are_the_schemas():
+    # A spec built in Python (TrainSettings.from_spec) must train as the workflow's would, which
+    # fills the schema's defaults; steps and checkpoint_every once differed (1000 and 200).
+    import dataclasses
+
+    from residual_dynamics.config.schema import merged_schema
+
+    schema = merged_schema()["$defs"]["model"]["properties"]["train"]["properties"]
+    fields = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
+    assert set(fields) == set(schema)
+    for name, default in fields.items():
+        if default is dataclasses.MISSING:
+            assert "default" not in schema[name], name
+        else:
+            assert schema[name]["default"] == default, name
+
+
 def test_micro_batches_give_the_whole_batch_gradient_with_less_padding():
     texts = [" ".join(["word"] * (1 + (7 * i) % 40)) for i in range(90)]
     settings = dict(data="x", batch_size=16, context=64, vocab_size=300, d_model=32, n_layers=2)

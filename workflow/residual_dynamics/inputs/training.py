@@ -56,7 +56,9 @@ class TrainingError(ValueError):
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The ``train:`` block of a model spec, defaults filled (the schema holds the same)."""
+    """The ``train:`` block of a model spec, defaults filled: the schema's own defaults
+    (``tests/test_training.py`` keeps the two in step), so that a spec built in Python trains
+    as the workflow's would."""
 
     data: str
     architecture: str = "gpt2"
@@ -66,7 +68,7 @@ class TrainSettings:
     d_mlp: int = 512
     context: int = 32
     vocab_size: int = 2048
-    steps: int = 1000
+    steps: int = 400
     batch_size: int = 128
     micro_batches: int = 4
     lr: float = 2e-3
@@ -75,7 +77,7 @@ class TrainSettings:
     dropout: float = 0.0
     seed: int = 0
     eval_every: int = 100
-    checkpoint_every: int = 200
+    checkpoint_every: int = 100
     validation_fraction: float = 0.1
     n_eval: int = 1000
 
