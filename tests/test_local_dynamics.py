@@ -205,6 +205,29 @@ def test_a_prefix_that_does_not_reproduce_the_text_falls_back_to_the_whole_text(
         assert (jac - want).abs().max() < 1e-10
 
 
+def test_a_cache_api_that_differs_falls_back_to_the_whole_text_with_a_warning(
+    tiny, monkeypatch, caplog
+):
+    # A transformers release whose cache layers are laid out otherwise: freeze fails. The maps
+    # must still be built, over the whole text, and say so.
+    from residual_dynamics.analysis import local_dynamics as module
+
+    model, ids = tiny("gpt2")
+    exact = SublayerMaps(model, ids)
+
+    def no_layers(self, length):
+        raise AttributeError("'PrefixCache' object has no attribute 'layers'")
+
+    monkeypatch.setattr(module.PrefixCache, "freeze", no_layers)
+    maps = SublayerMaps(model, ids)
+    assert maps.prefix is None
+    assert "one-token maps unavailable" in caplog.text
+    for t in range(len(maps.transitions)):
+        assert (
+            maps.linearisation(t).matrix() - exact.linearisation(t).matrix()
+        ).abs().max() < 1e-10
+
+
 @pytest.mark.parametrize("family", ["llama", "bert"])  # pre-norm and post-norm
 def test_matrix_free_singular_values_equal_the_full_svd_on_a_model(tiny, family):
     model, ids = tiny(family)

@@ -37,6 +37,7 @@ Dataset over (text, transition, k).
 from __future__ import annotations
 
 import inspect
+import logging
 import operator
 import re
 from collections.abc import Sequence
@@ -70,6 +71,7 @@ PER_TRANSITION = (
     "lanczos_residual",
 )
 PER_TRANSITION_K = ("sigma_top", "sigma_bottom", "eig_modulus", "eig_angle")
+_log = logging.getLogger(__name__)
 
 
 class PrefixCache(DynamicCache):
@@ -155,23 +157,37 @@ class SublayerMaps:
         if len(self.names) < 2:
             raise ValueError("a trajectory needs at least two recorded sublayers")
         self._outputs: list = [None] * len(self.blocks)
+        # A causal model's maps at p need only token p: the earlier tokens' keys and values are
+        # kept from the text's pass (PrefixCache), so a map runs one token through block l.
+        self.prefix = PrefixCache() if self.arch.causal else None
+        try:
+            self._text_pass(include_final)
+            if self.prefix is not None:
+                self.prefix.freeze(self.position)
+                self._check_prefix()
+        except (AttributeError, TypeError, ValueError, RuntimeError) as error:
+            if self.prefix is None:
+                raise
+            # A transformers whose cache API differs from the one this was written for.
+            _log.warning("one-token maps unavailable (%s); the maps run the whole text", error)
+            self.prefix = None
+            self._text_pass(include_final)
+
+    def _text_pass(self, include_final: bool) -> None:
+        """The text once: the recorded states at p and every block's output (and, with the
+        prefix, the keys and values of every token)."""
+        recorder = ResidualRecorder(self.model, include_final)
         handles = [
             block.register_forward_hook(self._keep_output(i)) for i, block in enumerate(self.blocks)
         ]
-        # A causal model's maps at p need only token p: the earlier tokens' keys and values are
-        # kept from this pass (PrefixCache), so a map runs one token through block l, not the text.
-        self.prefix = PrefixCache() if self.arch.causal else None
         try:
-            with torch.no_grad(), eager_attention(model), recorder:
+            with torch.no_grad(), eager_attention(self.model), recorder:
                 recorder.set_selector(lambda h: h[:, self.position].detach().clone())
-                model(input_ids=self.ids, **self._cache_kwargs())
+                self.model(input_ids=self.ids, **self._cache_kwargs())
                 self.states = recorder.take()[0]
         finally:
             for handle in handles:
                 handle.remove()
-        if self.prefix is not None:
-            self.prefix.freeze(self.position)
-            self._check_prefix()
 
     def _cache_kwargs(self) -> dict:
         if self.prefix is None:
