@@ -23,7 +23,8 @@ One token, for causal models. Position p's state depends on earlier tokens only 
 keys and values, which no map changes. So the text's pass keeps them (:class:`PrefixCache`) and a
 map runs token p alone through block l: 1/S of the work (the pydoc decoder's Jacobians, 4 texts:
 25 s -> 8 s). Each map is checked once to pass through the recorded trajectory this way; a family
-whose cache does more than keep the earlier keys fails that and runs the whole text (BERT always).
+whose cache does more than keep the earlier keys fails that and runs the whole text, as BERT always
+does, and as any model does under a transformers whose cache API differs (with a warning).
 
 Forward-mode AD is not implemented for PyTorch's fused attention kernels, so the maps run with
 transformers' eager attention (:func:`eager_attention`, restored afterwards). Products run in the
