@@ -268,9 +268,12 @@ def valid(node: dict) -> st.SearchStrategy:
             return floats
         return floats | st.integers(first, last).filter(lambda v: accepts(node, v))
     if kind == "string":
+        # No NUL byte: the schema accepts it, config.py refuses it (as NaN for numbers).
         if "pattern" in node:
-            return st.from_regex(node["pattern"], fullmatch=True)
-        return st.text(min_size=node.get("minLength", 0), max_size=30)
+            return st.from_regex(node["pattern"], fullmatch=True).filter(lambda v: "\x00" not in v)
+        return st.text(
+            st.characters(exclude_characters="\x00"), min_size=node.get("minLength", 0), max_size=30
+        )
     if kind == "array":
         low = node.get("minItems", 0)
         return st.lists(
@@ -492,9 +495,9 @@ def misspellings(word: str) -> st.SearchStrategy:
 
 
 def out_of_range(node: dict) -> list:
-    """Values just (and far) beyond a key's bounds, non-finite numbers for a number, too short or
-    too long lists, lists holding one out-of-range item; each refused by jsonschema or not
-    finite."""
+    """Values just (and far) beyond a key's bounds, non-finite numbers for a number, text holding
+    a NUL byte, too short or too long lists, lists holding one out-of-range item; each refused by
+    jsonschema or not usable."""
     candidates = []
     if {"integer", "number"} & set(types(node)):
         for key, step in (("minimum", -1), ("maximum", 1)):
@@ -514,7 +517,9 @@ def out_of_range(node: dict) -> list:
         candidates += [[bad] * max(node.get("minItems", 1), 1) for bad in out_of_range(items)]
     if node.get("minLength"):
         candidates.append("")
-    return [v for v in candidates if not finite(v) or not accepts(node, v)]
+    if "string" in types(node) and "enum" not in node:
+        candidates.append("a\x00b")  # a NUL byte ("\\0" in double-quoted YAML)
+    return [v for v in candidates if not usable(v) or not accepts(node, v)]
 
 
 def pattern_of(node: dict) -> str | None:
@@ -659,9 +664,12 @@ def invalid_mutation(draw, kinds: tuple[str, ...] | None = None):
     raise AssertionError(kind)
 
 
-def finite(value) -> bool:
+def usable(value) -> bool:
+    """Not refused outside the schema: finite numbers, and text without a NUL byte."""
     if isinstance(value, list):
-        return all(finite(v) for v in value)
+        return all(usable(v) for v in value)
+    if isinstance(value, str):
+        return "\x00" not in value
     return not isinstance(value, float) or math.isfinite(value)
 
 
@@ -759,6 +767,9 @@ def test_specific_odd_inputs():
         "datasets.d.file.path: 'a\\x00b' holds a NUL byte": {
             "datasets": {"d": {"file": {"path": "a\x00b"}}}
         },
+        # Reported beside the other problems, not instead of them (the fuzz's second find).
+        "models.m: give exactly one source": {"models": {"m": {"package": "p", "path": "\x00"}}},
+        "models.m.path: '\\x00' holds": {"models": {"m": {"package": "p", "path": "\x00"}}},
     }
     for expected, config in cases.items():
         problems = rejection(config)

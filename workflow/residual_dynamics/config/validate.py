@@ -88,10 +88,9 @@ def _schema_at(schema: dict, root: dict) -> dict:
 
 
 def _unreadable(value, path: list) -> list[str]:
-    """Keys that are not text, numbers that are not finite and text holding a NUL byte: YAML
-    reads unquoted numbers, dates, yes/no/on/off and null keys as such, .nan/.inf as floats, and
-    "\\0" in double quotes as a NUL. The schema cannot see these (its name patterns test strings
-    only; NaN passes every minimum and maximum; a NUL path fails only when the OS is asked)."""
+    """Keys that are not text, and numbers that are not finite: YAML reads unquoted numbers,
+    dates, yes/no/on/off and null keys as such, and .nan/.inf as floats. The schema cannot see
+    either (its name patterns test strings only; NaN passes every minimum and maximum)."""
     problems: list[str] = []
     if isinstance(value, dict):
         for name, sub in value.items():
@@ -107,10 +106,20 @@ def _unreadable(value, path: list) -> list[str]:
             problems += _unreadable(sub, [*path, i])
     elif isinstance(value, float) and not math.isfinite(value):
         problems.append(f"{_key(path)}: {value} is not a usable number; give a finite one")
-    elif isinstance(value, str) and "\x00" in value:
-        # The OS refuses it in any path ("embedded null byte"), and it is in no name or model id.
-        problems.append(f"{_key(path)}: {value!r} holds a NUL byte (\\x00); remove it")
     return problems
+
+
+def _nul_bytes(value, path: list) -> list[str]:
+    """Text holding a NUL byte ("\\0" in double-quoted YAML), which the schema accepts: the OS
+    refuses it in any path ("embedded null byte"), and it is in no name or model id. Reported
+    beside the other problems (not before them, as _unreadable's are)."""
+    if isinstance(value, dict):
+        return [p for name, sub in value.items() for p in _nul_bytes(sub, [*path, name])]
+    if isinstance(value, list):
+        return [p for i, sub in enumerate(value) for p in _nul_bytes(sub, [*path, i])]
+    if isinstance(value, str) and "\x00" in value:
+        return [f"{_key(path)}: {value!r} holds a NUL byte (\\x00); remove it"]
+    return []
 
 
 def _closest(name: str, candidates: list[str]) -> str | None:
@@ -163,7 +172,7 @@ def _check_references(config: dict, base_dir: Path) -> list[str]:
                 f"models.{name}: give exactly one source of {', '.join(MODEL_SOURCES)} "
                 f"(found {', '.join(sources) or 'none'})"
             )
-        if "path" in spec:
+        if "path" in spec and "\x00" not in spec["path"]:
             path = (base_dir / Path(spec["path"]).expanduser()).resolve()
             if not (path / "config.json").exists():
                 problems.append(
@@ -204,7 +213,7 @@ def _check_references(config: dict, base_dir: Path) -> list[str]:
                 )
         if "task" in spec:
             problems += _check_task(name, spec)
-        if "file" in spec:
+        if "file" in spec and "\x00" not in spec["file"]["path"]:
             path = base_dir / Path(spec["file"]["path"]).expanduser()
             if not path.exists():
                 problems.append(f"datasets.{name}.file.path: no file at '{spec['file']['path']}'")
@@ -329,13 +338,16 @@ def validate_config(
     problems = list(dict.fromkeys(_describe(e, schema) for e in errors))
     if problems:
         raise ConfigError(problems)
-    problems = _check_references(filled, Path(base_dir))
+    nul = _nul_bytes(filled, [])
+    problems = nul + _check_references(filled, Path(base_dir))
     problems += [
         f"verdicts.datasets[{i}]: '{name}' is not a dataset of this config (one of: "
         f"{', '.join(filled['datasets']) or 'none'}); list recorded datasets or leave it []"
         for i, name in enumerate(filled.get("verdicts", {}).get("datasets", []))
         if name not in filled["datasets"]
     ]
+    if nul:
+        raise ConfigError(problems)  # before the module checks, which open the configs' paths
     notes = follow_runs(filled, embedded) if embedded is not None else []
     problems += _check_modules(filled, Path(base_dir))
     if problems:
