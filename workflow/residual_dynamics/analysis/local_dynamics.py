@@ -161,6 +161,9 @@ class SublayerMaps:
         # A causal model's maps at p need only token p: the earlier tokens' keys and values are
         # kept from the text's pass (PrefixCache), so a map runs one token through block l.
         self.prefix = PrefixCache() if self.arch.causal else None
+        # The keyword the forward takes it by, read once (every map's pass passes it).
+        forward = inspect.signature(model.forward).parameters
+        self._cache_name = "cache" if "cache" in forward else "past_key_values"  # renamed in 5.x
         try:
             self._text_pass(include_final)
             if self.prefix is not None:
@@ -193,9 +196,7 @@ class SublayerMaps:
     def _cache_kwargs(self) -> dict:
         if self.prefix is None:
             return {"use_cache": False}
-        forward = inspect.signature(self.model.forward).parameters
-        name = "cache" if "cache" in forward else "past_key_values"  # renamed in transformers 5.x
-        return {"use_cache": True, name: self.prefix}
+        return {"use_cache": True, self._cache_name: self.prefix}
 
     def _check_prefix(self) -> None:
         """The one-token maps must pass through the recorded trajectory as the whole-text maps
